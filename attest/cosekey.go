@@ -1,0 +1,148 @@
+package attest
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+
+	"github.com/veraison/go-cose"
+)
+
+// KeySetMediaType is the Content-Type of an encoded COSE_KeySet.
+const KeySetMediaType = "application/cose-key-set"
+
+// PublicCOSEKey returns the COSE_Key (RFC 9052 §7) of an ECDSA P-256 public
+// key for ES256, with kid set to its RFC 9679 thumbprint.
+func PublicCOSEKey(pub crypto.PublicKey) (*cose.Key, error) {
+	ec, ok := pub.(*ecdsa.PublicKey)
+	if !ok || ec.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("only ECDSA P-256 keys are supported, got %T", pub)
+	}
+	k, err := cose.NewKeyFromPublic(ec)
+	if err != nil {
+		return nil, fmt.Errorf("building COSE_Key: %w", err)
+	}
+	tp, err := Thumbprint(k)
+	if err != nil {
+		return nil, err
+	}
+	k.ID = tp
+	return k, nil
+}
+
+// Thumbprint returns the RFC 9679 COSE Key Thumbprint (SHA-256) of an EC2
+// key: the digest of the deterministic encoding of its required parameters
+// {1: kty, -1: crv, -2: x, -3: y}.
+func Thumbprint(k *cose.Key) ([]byte, error) {
+	if k == nil || k.Type != cose.KeyTypeEC2 {
+		return nil, errors.New("thumbprint: only EC2 keys are supported")
+	}
+	crv, x, y, _ := k.EC2()
+	if crv != cose.CurveP256 || len(x) != 32 || len(y) != 32 {
+		return nil, errors.New("thumbprint: key is not a complete P-256 public key")
+	}
+	b, err := Marshal(map[int]any{1: int(cose.KeyTypeEC2), -1: int(crv), -2: x, -3: y})
+	if err != nil {
+		return nil, fmt.Errorf("thumbprint: %w", err)
+	}
+	d := sha256.Sum256(b)
+	return d[:], nil
+}
+
+// SubjectOf returns the credential subject for an agent key: the RFC 9679
+// thumbprint URI "urn:ietf:params:oauth:ckt:sha-256:<base64url>".
+func SubjectOf(k *cose.Key) (string, error) {
+	tp, err := Thumbprint(k)
+	if err != nil {
+		return "", err
+	}
+	return "urn:ietf:params:oauth:ckt:sha-256:" + base64.RawURLEncoding.EncodeToString(tp), nil
+}
+
+// ECDSAPublic extracts a P-256 ECDSA public key from a COSE_Key, checking
+// that the key type, curve and (if present) algorithm all say ES256.
+func ECDSAPublic(k *cose.Key) (*ecdsa.PublicKey, error) {
+	if k == nil {
+		return nil, errors.New("no key")
+	}
+	if k.Type != cose.KeyTypeEC2 {
+		return nil, fmt.Errorf("key type %v is not EC2", k.Type)
+	}
+	if k.Algorithm != cose.AlgorithmReserved && k.Algorithm != cose.AlgorithmES256 {
+		return nil, fmt.Errorf("key algorithm %v is not ES256", k.Algorithm)
+	}
+	crv, _, _, _ := k.EC2()
+	if crv != cose.CurveP256 {
+		return nil, fmt.Errorf("key curve %v is not P-256", crv)
+	}
+	pub, err := k.PublicKey()
+	if err != nil {
+		return nil, fmt.Errorf("decoding public key: %w", err)
+	}
+	ec, ok := pub.(*ecdsa.PublicKey)
+	if !ok || ec.Curve != elliptic.P256() {
+		return nil, errors.New("key is not an ECDSA P-256 public key")
+	}
+	return ec, nil
+}
+
+// KeySet is a verifier's published signing keys, by kid.
+type KeySet struct {
+	keys map[string]*ecdsa.PublicKey
+	raw  []*cose.Key
+}
+
+// NewKeySet builds a key set from COSE keys. Each key must have a kid and be an
+// ES256 P-256 public key.
+func NewKeySet(keys ...*cose.Key) (*KeySet, error) {
+	ks := &KeySet{keys: make(map[string]*ecdsa.PublicKey, len(keys))}
+	for i, k := range keys {
+		if len(k.ID) == 0 {
+			return nil, fmt.Errorf("key %d has no kid", i)
+		}
+		pub, err := ECDSAPublic(k)
+		if err != nil {
+			return nil, fmt.Errorf("key %d (kid %x): %w", i, k.ID, err)
+		}
+		if _, dup := ks.keys[string(k.ID)]; dup {
+			return nil, fmt.Errorf("key %d: kid %x appears twice", i, k.ID)
+		}
+		ks.keys[string(k.ID)] = pub
+		ks.raw = append(ks.raw, k)
+	}
+	return ks, nil
+}
+
+// Lookup returns the key with the given kid.
+func (ks *KeySet) Lookup(kid []byte) (*ecdsa.PublicKey, bool) {
+	if ks == nil {
+		return nil, false
+	}
+	k, ok := ks.keys[string(kid)]
+	return k, ok
+}
+
+// Len returns the number of keys in the set.
+func (ks *KeySet) Len() int { return len(ks.raw) }
+
+// MarshalCBOR encodes the set as a COSE_KeySet (an array of COSE_Key).
+func (ks *KeySet) MarshalCBOR() ([]byte, error) { return Marshal(ks.raw) }
+
+// DecodeKeySet decodes a COSE_KeySet.
+func DecodeKeySet(data []byte) (*KeySet, error) {
+	if len(data) > MaxKeySetSize {
+		return nil, fmt.Errorf("key set is %d bytes; at most %d are accepted", len(data), MaxKeySetSize)
+	}
+	var keys []*cose.Key
+	if err := lenientDecMode.Unmarshal(data, &keys); err != nil {
+		return nil, fmt.Errorf("key set is not a COSE_KeySet: %w", err)
+	}
+	if len(keys) == 0 {
+		return nil, errors.New("key set is empty")
+	}
+	return NewKeySet(keys...)
+}
