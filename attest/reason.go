@@ -75,29 +75,29 @@ const (
 
 // Credential verification (relying party).
 const (
-	ReasonCredentialMissing     Reason = "credential-missing"      // no credential was presented
-	ReasonCredentialMalformed   Reason = "credential-malformed"    // not a COSE_Sign1 CWT of the Vouch profile
-	ReasonCredentialKeyUnknown  Reason = "credential-key-unknown"  // kid names no key of the verifier's key set
-	ReasonCredentialAlg         Reason = "credential-alg"          // algorithm is not allowed, or does not fit the key's curve
-	ReasonCredentialSignature   Reason = "credential-signature"    // signature does not verify
-	ReasonCredentialExpired     Reason = "credential-expired"      // exp has passed (beyond the allowed skew)
+	ReasonCredentialMissing     Reason = "credential-missing"       // no credential was presented
+	ReasonCredentialMalformed   Reason = "credential-malformed"     // not a COSE_Sign1 CWT of the Vouch profile
+	ReasonCredentialKeyUnknown  Reason = "credential-key-unknown"   // kid names no key of the verifier's key set
+	ReasonCredentialAlg         Reason = "credential-alg"           // algorithm is not allowed, or does not fit the key's curve
+	ReasonCredentialSignature   Reason = "credential-signature"     // signature does not verify
+	ReasonCredentialExpired     Reason = "credential-expired"       // exp has passed (beyond the allowed skew)
 	ReasonCredentialNotYetValid Reason = "credential-not-yet-valid" // nbf is in the future (beyond the allowed skew)
-	ReasonCredentialAudience    Reason = "credential-audience"     // aud is not this relying party
-	ReasonCredentialProfile     Reason = "credential-profile"      // eat_profile is not the Vouch profile
-	ReasonCredentialRevoked     Reason = "credential-revoked"      // the credential was revoked
+	ReasonCredentialAudience    Reason = "credential-audience"      // aud is not this relying party
+	ReasonCredentialProfile     Reason = "credential-profile"       // eat_profile is not the Vouch profile
+	ReasonCredentialRevoked     Reason = "credential-revoked"       // the credential was revoked
 )
 
 // Proof of possession (relying party).
 const (
-	ReasonPoPMissing    Reason = "pop-missing"     // no proof of possession header
-	ReasonPoPMalformed  Reason = "pop-malformed"   // the proof is not a COSE_Sign1 over PoP claims
-	ReasonPoPSignature  Reason = "pop-signature"   // not signed by the credential's cnf key
-	ReasonPoPReplayed   Reason = "pop-replayed"    // this proof id was already used
-	ReasonPoPStale      Reason = "pop-stale"       // the proof's time is outside the accepted window
-	ReasonPoPTarget     Reason = "pop-target"      // the proof is for another method or URI
-	ReasonPoPBody       Reason = "pop-body"        // the body digest does not match the request body
-	ReasonPoPCredential Reason = "pop-credential"  // the proof is bound to another credential
-	ReasonPoPCacheFull  Reason = "pop-cache-full"  // replay cache is full; refusing rather than forgetting
+	ReasonPoPMissing    Reason = "pop-missing"    // no proof of possession header
+	ReasonPoPMalformed  Reason = "pop-malformed"  // the proof is not a COSE_Sign1 over PoP claims
+	ReasonPoPSignature  Reason = "pop-signature"  // not signed by the credential's cnf key
+	ReasonPoPReplayed   Reason = "pop-replayed"   // this proof id was already used
+	ReasonPoPStale      Reason = "pop-stale"      // the proof's time is outside the accepted window
+	ReasonPoPTarget     Reason = "pop-target"     // the proof is for another method or URI
+	ReasonPoPBody       Reason = "pop-body"       // the body digest does not match the request body
+	ReasonPoPCredential Reason = "pop-credential" // the proof is bound to another credential
+	ReasonPoPCacheFull  Reason = "pop-cache-full" // replay cache is full; refusing rather than forgetting
 )
 
 // Error is a refusal with a stable Reason and a message for the operator.
