@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/veraison/go-cose"
@@ -85,4 +87,13 @@ func SignPoP(key crypto.Signer, claims *PoPClaims) ([]byte, error) {
 		return nil, fmt.Errorf("signing proof of possession: %w", err)
 	}
 	return msg, nil
+}
+
+// TargetURI is the form of a request's URI that a proof of possession signs:
+// scheme://host[:port] followed by the escaped path and the raw query, without
+// fragment or user info. Both sides must compute it the same way: the client
+// from the URL it sends to, the relying party from its configured external
+// origin and the request's RequestURI.
+func TargetURI(u *url.URL) string {
+	return strings.ToLower(u.Scheme) + "://" + strings.ToLower(u.Host) + u.RequestURI()
 }
