@@ -1,0 +1,49 @@
+// Package agentside is the attester half of Vouch: it opens a TPM, measures
+// the workload into it, holds the agent's TPM-resident key, assembles the
+// evidence the verifier appraises, talks to the verifier's HTTP API, and signs
+// the per-request proof of possession that goes with a credential.
+//
+// # Flow
+//
+//	tpm, _ := agentside.Open(ctx, "sim", agentside.OpenOptions{StateDir: dir})
+//	defer tpm.Close()
+//	_ = tpm.Boot(firmwareLog)                       // simulator only
+//	_ = tpm.MeasureWorkload(agentside.Workload{...}) // PCR 13, canonical event log
+//	agent, _ := agentside.NewAgent(tpm)              // fresh agent key, certified by the AK
+//	defer agent.Close()
+//	cred, _ := agent.Attest(ctx, client, &attest.Request{Audience: "vouch-demo"})
+//	hc := &http.Client{Transport: &agentside.Transport{Credential: ..., Key: agent.Signer()}}
+//
+// # TPMs
+//
+// [Open] takes a spec naming the TPM:
+//
+//   - "sim": the go-tpm-tools in-process simulator (the Microsoft reference
+//     TPM). INSECURE, FOR DEVELOPMENT ONLY: its hierarchy seeds derive from a
+//     random number stored in a file of the state directory, so anyone who can
+//     read that file can compute every key of the "TPM", including the AK. It
+//     exists so that the whole flow runs on a laptop or in CI with a TPM nobody
+//     here wrote, and so that the AK stays the same from run to run and can be
+//     enrolled once. Never enroll a simulator AK in a verifier that appraises
+//     production agents.
+//   - "swtpm:HOST:PORT" (swtpm or the reference simulator over TCP, platform
+//     port PORT+1) and "/dev/tpmrm0" (a real TPM through the kernel resource
+//     manager): recognised, not implemented yet; Open says so.
+//
+// Every use of a TPM goes through one mutex, so a [TPM] and the [Agent] on it
+// can be shared between goroutines; TPMs themselves are not concurrent.
+//
+// # Development boot
+//
+// The simulator has no firmware, so its PCRs start at zero. [TPM.Boot] replays
+// a real recorded TCG firmware event log into it, so that the verifier's
+// measured-boot appraisal runs on real data. See its documentation for what
+// can and cannot be replayed.
+//
+// # Measurement
+//
+// [TPM.MeasureWorkload] records the workload image (reference, digest, args,
+// environment) as Container-Optimized-OS TLV events in a TCG canonical event
+// log on PCR 13, the convention of Confidential Space, so that the verifier
+// replays it with the same extractor.
+package agentside
