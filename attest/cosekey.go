@@ -22,7 +22,13 @@ func PublicCOSEKey(pub crypto.PublicKey) (*cose.Key, error) {
 	if !ok || ec.Curve != elliptic.P256() {
 		return nil, fmt.Errorf("only ECDSA P-256 keys are supported, got %T", pub)
 	}
-	k, err := cose.NewKeyFromPublic(ec)
+	// Not cose.NewKeyFromPublic: it trims leading zero octets of x and y,
+	// which RFC 9053 §7.1.1 and the RFC 9679 thumbprint forbid.
+	point, err := ec.Bytes()
+	if err != nil {
+		return nil, fmt.Errorf("building COSE_Key: %w", err)
+	}
+	k, err := cose.NewKeyEC2(cose.AlgorithmES256, point[1:33], point[33:65], nil)
 	if err != nil {
 		return nil, fmt.Errorf("building COSE_Key: %w", err)
 	}
@@ -42,10 +48,12 @@ func Thumbprint(k *cose.Key) ([]byte, error) {
 		return nil, errors.New("thumbprint: only EC2 keys are supported")
 	}
 	crv, x, y, _ := k.EC2()
-	if crv != cose.CurveP256 || len(x) != 32 || len(y) != 32 {
+	if crv != cose.CurveP256 || len(x) == 0 || len(x) > 32 || len(y) == 0 || len(y) > 32 {
 		return nil, errors.New("thumbprint: key is not a complete P-256 public key")
 	}
-	b, err := Marshal(map[int]any{1: int(cose.KeyTypeEC2), -1: int(crv), -2: x, -3: y})
+	// The thumbprint is over full-length coordinates; restore leading zero
+	// octets that some encoders (crypto/elliptic, go-cose) drop.
+	b, err := Marshal(map[int]any{1: int(cose.KeyTypeEC2), -1: int(crv), -2: leftPad(x, 32), -3: leftPad(y, 32)})
 	if err != nil {
 		return nil, fmt.Errorf("thumbprint: %w", err)
 	}
@@ -75,19 +83,40 @@ func ECDSAPublic(k *cose.Key) (*ecdsa.PublicKey, error) {
 	if k.Algorithm != cose.AlgorithmReserved && k.Algorithm != cose.AlgorithmES256 {
 		return nil, fmt.Errorf("key algorithm %v is not ES256", k.Algorithm)
 	}
-	crv, _, _, _ := k.EC2()
+	crv, x, y, _ := k.EC2()
 	if crv != cose.CurveP256 {
 		return nil, fmt.Errorf("key curve %v is not P-256", crv)
 	}
-	pub, err := k.PublicKey()
-	if err != nil {
+	if len(x) == 0 || len(x) > 32 || len(y) == 0 || len(y) > 32 {
+		return nil, fmt.Errorf("key coordinates are %d and %d bytes; a P-256 public key has two of 32", len(x), len(y))
+	}
+	if _, err := k.PublicKey(); err != nil { // key_ops and parameter consistency
 		return nil, fmt.Errorf("decoding public key: %w", err)
 	}
-	ec, ok := pub.(*ecdsa.PublicKey)
-	if !ok || ec.Curve != elliptic.P256() {
-		return nil, errors.New("key is not an ECDSA P-256 public key")
+	point := make([]byte, 0, 65)
+	point = append(point, 4)
+	point = append(point, leftPad(x, 32)...)
+	point = append(point, leftPad(y, 32)...)
+	// ParseUncompressedPublicKey refuses points that are not on the curve.
+	ec, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), point)
+	if err != nil {
+		return nil, fmt.Errorf("key is not a valid P-256 point: %w", err)
 	}
 	return ec, nil
+}
+
+// leftPad returns b left-padded with zero octets to n bytes (b if longer).
+func leftPad(b []byte, n int) []byte {
+	if len(b) >= n {
+		return b
+	}
+	return append(make([]byte, n-len(b), n), b...)
+}
+
+// hasPrivate reports whether a COSE_Key carries private key material.
+func hasPrivate(k *cose.Key) bool {
+	_, d := k.Params[cose.KeyLabelEC2D]
+	return d
 }
 
 // KeySet is a verifier's published signing keys, by kid.
@@ -97,19 +126,26 @@ type KeySet struct {
 }
 
 // NewKeySet builds a key set from COSE keys. Each key must have a kid and be an
-// ES256 P-256 public key.
+// ES256 P-256 public key (no private part). Errors are *Error with
+// ReasonKeySetInvalid.
 func NewKeySet(keys ...*cose.Key) (*KeySet, error) {
 	ks := &KeySet{keys: make(map[string]*ecdsa.PublicKey, len(keys))}
 	for i, k := range keys {
+		if k == nil {
+			return nil, Errorf(ReasonKeySetInvalid, "key %d is null", i)
+		}
+		if hasPrivate(k) {
+			return nil, Errorf(ReasonKeySetInvalid, "key %d (kid %x) carries private key material; publish public keys only", i, k.ID)
+		}
 		if len(k.ID) == 0 {
-			return nil, fmt.Errorf("key %d has no kid", i)
+			return nil, Errorf(ReasonKeySetInvalid, "key %d has no kid", i)
 		}
 		pub, err := ECDSAPublic(k)
 		if err != nil {
-			return nil, fmt.Errorf("key %d (kid %x): %w", i, k.ID, err)
+			return nil, Errorf(ReasonKeySetInvalid, "key %d (kid %x): %w", i, k.ID, err)
 		}
 		if _, dup := ks.keys[string(k.ID)]; dup {
-			return nil, fmt.Errorf("key %d: kid %x appears twice", i, k.ID)
+			return nil, Errorf(ReasonKeySetInvalid, "key %d: kid %x appears twice", i, k.ID)
 		}
 		ks.keys[string(k.ID)] = pub
 		ks.raw = append(ks.raw, k)
@@ -127,22 +163,28 @@ func (ks *KeySet) Lookup(kid []byte) (*ecdsa.PublicKey, bool) {
 }
 
 // Len returns the number of keys in the set.
-func (ks *KeySet) Len() int { return len(ks.raw) }
+func (ks *KeySet) Len() int {
+	if ks == nil {
+		return 0
+	}
+	return len(ks.raw)
+}
 
 // MarshalCBOR encodes the set as a COSE_KeySet (an array of COSE_Key).
 func (ks *KeySet) MarshalCBOR() ([]byte, error) { return Marshal(ks.raw) }
 
-// DecodeKeySet decodes a COSE_KeySet.
+// DecodeKeySet decodes a COSE_KeySet. Errors are *Error with
+// ReasonKeySetInvalid.
 func DecodeKeySet(data []byte) (*KeySet, error) {
 	if len(data) > MaxKeySetSize {
-		return nil, fmt.Errorf("key set is %d bytes; at most %d are accepted", len(data), MaxKeySetSize)
+		return nil, Errorf(ReasonKeySetInvalid, "key set is %d bytes; at most %d are accepted", len(data), MaxKeySetSize)
 	}
 	var keys []*cose.Key
 	if err := lenientDecMode.Unmarshal(data, &keys); err != nil {
-		return nil, fmt.Errorf("key set is not a COSE_KeySet: %w", err)
+		return nil, Errorf(ReasonKeySetInvalid, "key set is not a COSE_KeySet: %w", err)
 	}
 	if len(keys) == 0 {
-		return nil, errors.New("key set is empty")
+		return nil, Errorf(ReasonKeySetInvalid, "key set is empty")
 	}
 	return NewKeySet(keys...)
 }

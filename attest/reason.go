@@ -85,6 +85,8 @@ const (
 	ReasonCredentialAudience    Reason = "credential-audience"      // aud is not this relying party
 	ReasonCredentialProfile     Reason = "credential-profile"       // eat_profile is not the Vouch profile
 	ReasonCredentialRevoked     Reason = "credential-revoked"       // the credential was revoked
+	ReasonScopeInsufficient     Reason = "scope-insufficient"       // valid credential, but its scope does not cover this request
+	ReasonKeySetInvalid         Reason = "key-set-invalid"          // the verifier's COSE_KeySet cannot be decoded or holds an unacceptable key
 )
 
 // Proof of possession (relying party).
