@@ -176,7 +176,9 @@ func TestMiddlewareRefusals(t *testing.T) {
 		{name: "credential from another verifier", status: 401, reason: ReasonCredentialKeyUnknown,
 			opts: func(o *MiddlewareOptions) { o.Keys = StaticKeys{newIssuer(t).keys} }},
 		{name: "proof by another key", status: 401, reason: ReasonPoPSignature,
-			req: func(t *testing.T, f *rpFixture) *http.Request { return f.request(t, "GET", "/v1/x", nil, newAgent(t).key) }},
+			req: func(t *testing.T, f *rpFixture) *http.Request {
+				return f.request(t, "GET", "/v1/x", nil, newAgent(t).key)
+			}},
 		{name: "body changed", status: 401, reason: ReasonPoPBody,
 			req: func(t *testing.T, f *rpFixture) *http.Request {
 				r := f.request(t, "POST", "/v1/x", []byte("pay 10"), f.ag.key)
@@ -193,7 +195,9 @@ func TestMiddlewareRefusals(t *testing.T) {
 			opts: func(o *MiddlewareOptions) { o.Origin = "https://docs.example" }},
 		{name: "body too large", status: 413, reason: ReasonRequestTooLarge,
 			opts: func(o *MiddlewareOptions) { o.MaxBodySize = 4 },
-			req:  func(t *testing.T, f *rpFixture) *http.Request { return f.request(t, "PUT", "/v1/x", []byte("12345"), f.ag.key) }},
+			req: func(t *testing.T, f *rpFixture) *http.Request {
+				return f.request(t, "PUT", "/v1/x", []byte("12345"), f.ag.key)
+			}},
 		{name: "revoked", status: 401, reason: ReasonCredentialRevoked,
 			opts: func(o *MiddlewareOptions) {
 				o.Revoked = func(context.Context, *Claims) (bool, error) { return true, nil }
