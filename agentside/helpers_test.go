@@ -3,6 +3,7 @@ package agentside
 import (
 	"context"
 	"crypto"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -108,3 +109,5 @@ func decodeAttestation(tb testing.TB, ev *attest.Evidence) *attestpb.Attestation
 	}
 	return &att
 }
+
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
