@@ -1,0 +1,176 @@
+package appraisal
+
+import (
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/google/go-tpm-tools/proto/attest"
+	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
+	"github.com/google/go-tpm-tools/quote"
+	"github.com/google/go-tpm-tools/server"
+	"github.com/google/go-tpm/legacy/tpm2"
+	"google.golang.org/protobuf/proto"
+
+	vattest "github.com/vouch-dev/vouch/attest"
+	"github.com/vouch-dev/vouch/policy"
+	"github.com/vouch-dev/vouch/verifier/store"
+)
+
+// AKResult is the attestation key, trusted.
+type AKResult struct {
+	Attestation *attest.Attestation // the decoded TPM part of the evidence
+	Public      crypto.PublicKey
+	SPKI        []byte // DER SubjectPublicKeyInfo
+	Digest      []byte // SHA-256 of SPKI
+	Enrollment  *store.Enrollment
+}
+
+// QuoteResult is the verified platform state.
+type QuoteResult struct {
+	Machine *attest.MachineState // go-tpm-tools' parse of the replayed firmware log
+	Verify  policy.VerifyOptions // bank and quirks the verification needed
+	Quote   *tpmpb.Quote         // the verified quote of that bank
+	PCRs    map[int][]byte       // its PCR values
+}
+
+// akAttributes are required of an AK: a restricted signing key that never
+// leaves the TPM, so that what it signs was produced by the TPM itself.
+const akAttributes = tpm2.FlagSign | tpm2.FlagRestricted | tpm2.FlagFixedTPM | tpm2.FlagFixedParent | tpm2.FlagSensitiveDataOrigin
+
+func (p *Pipeline) checkAK(ctx context.Context, o *Outcome) error {
+	var att attest.Attestation
+	if err := proto.Unmarshal(o.Evidence.TPM, &att); err != nil {
+		return vattest.Errorf(vattest.ReasonRequestMalformed, "evidence field 4 is not a go-tpm-tools Attestation protobuf: %w", err)
+	}
+	pub, err := tpm2.DecodePublic(att.GetAkPub())
+	if err != nil {
+		return vattest.Errorf(vattest.ReasonAKMalformed, "the AK public area cannot be decoded: %w", err)
+	}
+	if pub.Attributes&akAttributes != akAttributes || pub.Attributes&tpm2.FlagDecrypt != 0 {
+		return vattest.Errorf(vattest.ReasonAKAttributes, "the AK has attributes %#x; an AK must be a restricted, fixedTPM, fixedParent, sensitiveDataOrigin signing key (%#x) and not a decryption key", uint32(pub.Attributes), uint32(akAttributes))
+	}
+	key, err := pub.Key()
+	if err != nil {
+		return vattest.Errorf(vattest.ReasonAKMalformed, "the AK public key cannot be extracted: %w", err)
+	}
+	spki, err := x509.MarshalPKIXPublicKey(key)
+	if err != nil {
+		return vattest.Errorf(vattest.ReasonAKMalformed, "the AK public key cannot be encoded: %w", err)
+	}
+	digest := sha256.Sum256(spki)
+	enr, err := p.opts.AKs.Enrollment(ctx, digest[:])
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return vattest.Errorf(vattest.ReasonAKUnknown, "attestation key %x is not enrolled; enroll it (`vouch agents enroll --ak-pub`) or by credential activation", digest[:8])
+	case err != nil:
+		return fmt.Errorf("looking up AK enrollment: %w", err)
+	case !enr.Active():
+		return vattest.Errorf(vattest.ReasonAKRevoked, "attestation key %x was revoked at %s by %s (%s); re-enroll the machine if it is trusted again", digest[:8], enr.RevokedAt.Format("2006-01-02T15:04:05Z07:00"), enr.RevokedBy, enr.RevokeReason)
+	}
+	o.AK = &AKResult{Attestation: &att, Public: key, SPKI: spki, Digest: digest[:], Enrollment: enr}
+	return nil
+}
+
+var bankAlgs = map[string]tpm2.Algorithm{"sha1": tpm2.AlgSHA1, "sha256": tpm2.AlgSHA256, "sha384": tpm2.AlgSHA384}
+
+// verifyOptionCandidates lists the verification options to try: the strict
+// default first, then each distinct option set some profile allows, fewest
+// relaxations first. A relaxed verification only counts if a profile that
+// allows it also matches the measured state (policy.VerifyOptions.Covers).
+func verifyOptionCandidates(refs *policy.RefSet) []policy.VerifyOptions {
+	seen := map[string]bool{}
+	out := []policy.VerifyOptions{{Bank: "sha256"}}
+	seen[out[0].Key()] = true
+	var extra []policy.VerifyOptions
+	for _, p := range refs.Profiles {
+		if !seen[p.Verify.Key()] {
+			seen[p.Verify.Key()] = true
+			extra = append(extra, p.Verify)
+		}
+	}
+	sort.SliceStable(extra, func(i, j int) bool { return len(extra[i].Quirks) < len(extra[j].Quirks) })
+	return append(out, extra...)
+}
+
+func toServerOpts(v policy.VerifyOptions, binding []byte, ak crypto.PublicKey) server.VerifyOpts {
+	o := server.VerifyOpts{
+		Nonce:                         binding,
+		TrustedAKs:                    []crypto.PublicKey{ak},
+		HashAlgo:                      bankAlgs[v.Bank],
+		AllowSHA1:                     v.Has(policy.QuirkSHA1),
+		AllowEFIAppBeforeCallingEvent: v.Has(policy.QuirkEFIAppBeforeCalling),
+		AllowEmptySBVar:               v.Has(policy.QuirkEmptySBVar),
+	}
+	if v.Loader == "grub" {
+		o.Loader = server.GRUB
+	}
+	return o
+}
+
+func verifyQuote(refs *policy.RefSet, o *Outcome) error {
+	att := o.AK.Attestation
+	if len(att.GetEventLog()) == 0 {
+		return vattest.Errorf(vattest.ReasonEventLogMissing, "the evidence has no TCG firmware event log; measured boot cannot be appraised without it (on Linux it is /sys/kernel/security/tpm0/binary_bios_measurements)")
+	}
+	if len(att.GetEventLog()) > policy.MaxEventLogSize {
+		return vattest.Errorf(vattest.ReasonRequestTooLarge, "the firmware event log is %d bytes; at most %d are accepted", len(att.GetEventLog()), policy.MaxEventLogSize)
+	}
+	byBank := map[tpm2.Algorithm]*tpmpb.Quote{}
+	for _, q := range att.GetQuotes() {
+		alg := tpm2.Algorithm(q.GetPcrs().GetHash())
+		if byBank[alg] != nil {
+			return vattest.Errorf(vattest.ReasonQuoteInvalid, "the evidence has two quotes of the %v bank; send one quote per bank", alg)
+		}
+		byBank[alg] = q
+	}
+	var firstErr error
+	for _, cand := range verifyOptionCandidates(refs) {
+		q := byBank[bankAlgs[cand.Bank]]
+		if q == nil {
+			continue
+		}
+		ms, err := server.VerifyAttestation(att, toServerOpts(cand, o.Binding, o.AK.Public))
+		if err == nil {
+			pcrs := make(map[int][]byte, len(q.GetPcrs().GetPcrs()))
+			for idx, v := range q.GetPcrs().GetPcrs() {
+				pcrs[int(idx)] = v
+			}
+			o.Quote = &QuoteResult{Machine: ms, Verify: cand, Quote: q, PCRs: pcrs}
+			return nil
+		}
+		// Tell a bad quote from a bad log: the quote check alone is cheap
+		// to repeat and only runs on this failure path.
+		if qerr := quote.Verify(q, o.AK.Public, o.Binding); qerr != nil {
+			return vattest.Errorf(vattest.ReasonQuoteInvalid, "the %s quote does not verify against the enrolled AK and the binding of nonce, agent key and request: %w", cand.Bank, qerr)
+		}
+		if firstErr == nil {
+			firstErr = classifyLogError(cand, err)
+		}
+	}
+	if firstErr == nil {
+		return vattest.Errorf(vattest.ReasonQuoteInvalid, "the evidence has no quote of a bank this verifier's reference profiles use (sha256, or one a profile names)")
+	}
+	return firstErr
+}
+
+// classifyLogError maps a go-tpm-tools event-log failure (after the quote
+// itself verified) to a reason. go-tpm-tools wraps go-eventlog's errors with
+// %v, so the text is all there is; TestLogErrorClassification pins it.
+func classifyLogError(v policy.VerifyOptions, err error) error {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "failed to replay event log"), strings.Contains(msg, "failed to verify"):
+		return vattest.Errorf(vattest.ReasonEventLogReplay, "replaying the firmware event log does not give the quoted %s PCRs: an event was changed, added or removed (%v)", v.Bank, err)
+	case strings.Contains(msg, "failed to parse event log"), strings.Contains(msg, "parse first event"):
+		return vattest.Errorf(vattest.ReasonEventLogMalformed, "the firmware event log cannot be parsed: %v", err)
+	case strings.Contains(msg, "SHA-1 is not allowed"):
+		return vattest.Errorf(vattest.ReasonRefsNoProfile, "the log only verifies on the SHA-1 bank, and no reference profile allows %q", policy.QuirkSHA1)
+	}
+	return vattest.Errorf(vattest.ReasonEventLogEvent, "the firmware event log replays to the quoted PCRs, but an event's content is invalid or does not match its digest, or the platform needs a quirk no profile allows: %v", err)
+}

@@ -1,0 +1,278 @@
+package verifier
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vouch-dev/vouch/attest"
+	"github.com/vouch-dev/vouch/verifier/appraisal"
+	"github.com/vouch-dev/vouch/verifier/issuer"
+	"github.com/vouch-dev/vouch/verifier/store"
+)
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("POST /v1/challenge", s.instrument("challenge", s.handleChallenge))
+	mux.Handle("POST /v1/attest", s.instrument("attest", s.handleAttest))
+	mux.Handle("GET /v1/keys", s.instrument("keys", s.handleKeys))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", s.handleReady)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		attest.WriteProblem(w, &attest.Problem{
+			Type: "about:blank", Title: "not found", Status: http.StatusNotFound,
+			Detail: fmt.Sprintf("%s %s is not part of the Vouch API", r.Method, r.URL.Path), Reason: "not-found",
+		})
+	})
+	return mux
+}
+
+// ChallengeResponse is the body of POST /v1/challenge.
+type ChallengeResponse struct {
+	Nonce     []byte    `json:"nonce"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+func (s *Server) handleChallenge(w http.ResponseWriter, r *http.Request) error {
+	nonce := make([]byte, attest.NonceSize)
+	if _, err := rand.Read(nonce); err != nil {
+		return fmt.Errorf("nonce: %w", err)
+	}
+	now := s.cfg.Now()
+	exp := now.Add(s.cfg.NonceTTL)
+	if err := s.store.PutNonce(r.Context(), nonce, now, exp); err != nil {
+		return unavailable(err)
+	}
+	s.metrics.nonces.Inc()
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusCreated)
+	return json.NewEncoder(w).Encode(ChallengeResponse{Nonce: nonce, ExpiresAt: exp.UTC()})
+}
+
+func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) error {
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != attest.EvidenceMediaType {
+		return attest.Errorf(attest.ReasonUnsupportedMediaType, "send evidence as %s, not %q", attest.EvidenceMediaType, r.Header.Get("Content-Type"))
+	}
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, attest.MaxEvidenceSize))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return attest.Errorf(attest.ReasonRequestTooLarge, "evidence is larger than %d bytes", attest.MaxEvidenceSize)
+		}
+		return attest.Errorf(attest.ReasonRequestMalformed, "reading evidence: %w", err)
+	}
+	out, err := s.pipeline.Run(r.Context(), raw)
+	if err != nil {
+		s.refused(r.Context(), out, err)
+		return &appraisalError{err: err, out: out}
+	}
+	cred, claims, err := s.issue(r.Context(), out)
+	if err != nil {
+		return err
+	}
+	s.metrics.attestations.WithLabelValues("issued", "").Inc()
+	s.log.InfoContext(r.Context(), "credential issued",
+		"sub", claims.Subject, "aud", claims.Audience, "cti", fmt.Sprintf("%x", claims.ID),
+		"ak", fmt.Sprintf("%x", out.AK.Digest[:8]), "image", out.Workload.ImageDigest,
+		"profile", out.Appraisal.Profile, "refs", out.RefSetID, "exp", claims.ExpiresAt().UTC())
+	w.Header().Set("Content-Type", attest.CredentialMediaType)
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Vouch-Credential-Expires", claims.ExpiresAt().UTC().Format(time.RFC3339))
+	if claims.LogIndex != nil {
+		w.Header().Set("Vouch-Log-Index", strconv.FormatUint(*claims.LogIndex, 10))
+	}
+	_, err = w.Write(cred)
+	return err
+}
+
+// issue mints and records the credential for a passed appraisal.
+func (s *Server) issue(ctx context.Context, out *appraisal.Outcome) ([]byte, *attest.Claims, error) {
+	id, err := issuer.NewID()
+	if err != nil {
+		return nil, nil, err
+	}
+	now := s.cfg.Now()
+	c := &attest.Claims{
+		Issuer:     s.cfg.Issuer,
+		Subject:    out.AgentKey.Subject,
+		Audience:   out.Request.Audience,
+		Expiry:     now.Add(s.cfg.CredentialTTL).Unix(),
+		NotBefore:  now.Unix(),
+		IssuedAt:   now.Unix(),
+		ID:         id,
+		Confirm:    attest.Confirmation{Key: out.AgentKey.COSE},
+		Nonce:      out.Evidence.Nonce,
+		Profile:    attest.Profile,
+		Submods:    out.Appraisal.Submods,
+		VerifierID: attest.VerifierID{Developer: Developer, Build: s.cfg.Build},
+		Intent:     out.Request.Intent,
+		Delegation: out.Request.Delegation,
+	}
+	cred, err := s.keys.Sign(c)
+	if err != nil {
+		return nil, nil, fmt.Errorf("signing credential: %w", err)
+	}
+	rec := store.Credential{
+		ID: id, Subject: c.Subject, Audience: c.Audience, AKDigest: out.AK.Digest,
+		ImageDigest: out.Workload.ImageDigest, Scope: c.Scope,
+		IssuedAt: now, ExpiresAt: c.ExpiresAt(), LogIndex: c.LogIndex,
+	}
+	if err := s.store.RecordCredential(ctx, rec); err != nil {
+		return nil, nil, unavailable(err)
+	}
+	return cred, c, nil
+}
+
+// refused logs and counts a refused attestation.
+func (s *Server) refused(ctx context.Context, out *appraisal.Outcome, err error) {
+	reason := attest.ReasonOf(err)
+	s.metrics.attestations.WithLabelValues("refused", string(reason)).Inc()
+	attrs := []any{"reason", reason, "err", err}
+	var se *appraisal.StepError
+	if errors.As(err, &se) {
+		attrs = append(attrs, "step", se.Step)
+	}
+	if out != nil && out.AK != nil {
+		attrs = append(attrs, "ak", fmt.Sprintf("%x", out.AK.Digest[:8]))
+	}
+	level := slog.LevelWarn
+	if reason == attest.ReasonInternal {
+		level = slog.LevelError
+	}
+	s.log.Log(ctx, level, "attestation refused", attrs...)
+}
+
+// appraisalError carries a refusal with its partial outcome, so that the
+// problem document can show the appraisal.
+type appraisalError struct {
+	err error
+	out *appraisal.Outcome
+}
+
+func (e *appraisalError) Error() string { return e.err.Error() }
+func (e *appraisalError) Unwrap() error { return e.err }
+
+func (s *Server) handleKeys(w http.ResponseWriter, _ *http.Request) error {
+	b, err := s.keys.KeySet().MarshalCBOR()
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", attest.KeySetMediaType)
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	_, err = w.Write(b)
+	return err
+}
+
+func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.store.Ping(ctx); err != nil {
+		attest.WriteProblem(w, attest.ProblemFor(http.StatusServiceUnavailable, attest.Errorf(attest.ReasonUnavailable, "the database does not answer: %v", err)))
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	io.WriteString(w, "ready\n")
+}
+
+func unavailable(err error) error {
+	return &attest.Error{Reason: attest.ReasonUnavailable, Detail: "the verifier's database is unavailable; retry shortly", Err: err}
+}
+
+// instrument adapts a handler that returns an error: it turns errors into
+// problem documents, recovers panics, and records metrics.
+func (s *Server) instrument(route string, h func(http.ResponseWriter, *http.Request) error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rw := &statusWriter{ResponseWriter: w}
+		defer func() {
+			if p := recover(); p != nil {
+				s.log.ErrorContext(r.Context(), "panic in handler", "route", route, "panic", p)
+				if rw.status == 0 {
+					attest.WriteProblem(rw, attest.ProblemFor(http.StatusInternalServerError, errors.New("panic")))
+				}
+			}
+			s.metrics.requests.WithLabelValues(route, strconv.Itoa(rw.code())).Inc()
+			s.metrics.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		}()
+		if err := h(rw, r); err != nil {
+			if rw.status != 0 {
+				s.log.WarnContext(r.Context(), "error after response started", "route", route, "err", err)
+				return
+			}
+			if attest.ReasonOf(err) == attest.ReasonInternal {
+				s.log.ErrorContext(r.Context(), "request failed", "route", route, "err", err)
+			}
+			p := attest.ProblemFor(StatusFor(attest.ReasonOf(err)), err)
+			var ae *appraisalError
+			if errors.As(err, &ae) && ae.out != nil && ae.out.Appraisal != nil {
+				p.Appraisal = ae.out.Appraisal.Submods
+			}
+			attest.WriteProblem(rw, p)
+		}
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) code() int {
+	if w.status == 0 {
+		return http.StatusOK
+	}
+	return w.status
+}
+
+// StatusFor maps a refusal reason to its HTTP status: 400 for requests that
+// are malformed, 401 when the evidence does not prove what it claims
+// (freshness, keys, signatures, logs), 403 when it proves a state that
+// policy refuses, 5xx for the verifier's own failures.
+func StatusFor(r attest.Reason) int {
+	switch r {
+	case attest.ReasonRequestMalformed, attest.ReasonAudienceInvalid:
+		return http.StatusBadRequest
+	case attest.ReasonRequestTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case attest.ReasonUnsupportedMediaType:
+		return http.StatusUnsupportedMediaType
+	case attest.ReasonInternal:
+		return http.StatusInternalServerError
+	case attest.ReasonUnavailable:
+		return http.StatusServiceUnavailable
+	case attest.ReasonAKRevoked, attest.ReasonRefsImageDigest, attest.ReasonRefsImageRef, attest.ReasonRefsBootState,
+		attest.ReasonRefsSecureBoot, attest.ReasonRefsPCR, attest.ReasonRefsDenied, attest.ReasonRefsNoProfile,
+		attest.ReasonAppraisalWarn:
+		return http.StatusForbidden
+	}
+	return http.StatusUnauthorized
+}

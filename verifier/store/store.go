@@ -1,0 +1,141 @@
+// Package store keeps the verifier's state in a real database: challenge
+// nonces, AK enrollments and the credentials it issued. The embedded default
+// is SQLite (modernc.org/sqlite, no cgo, no setup) in the data directory.
+//
+// Every method takes a context and is safe for concurrent use. Operations that
+// must be atomic across verifier replicas (consuming a nonce) are single SQL
+// statements, so they stay atomic on any engine with row-level atomicity.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+// ErrNotFound is returned when a looked-up row does not exist.
+var ErrNotFound = errors.New("not found")
+
+// ErrExists is returned when a row that must be unique already exists.
+var ErrExists = errors.New("already exists")
+
+// Store is the verifier's database.
+type Store struct {
+	db *sql.DB
+}
+
+// OpenSQLite opens (creating if needed) the SQLite database at path and brings
+// its schema up to date. The database runs in WAL mode with a busy timeout,
+// so several processes (vouchd and the vouch CLI on the same host) can use it
+// at once.
+func OpenSQLite(ctx context.Context, path string) (*Store, error) {
+	q := url.Values{}
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "foreign_keys(1)")
+	// WAL with synchronous=NORMAL: a commit survives a process crash (the
+	// SIGKILL test relies on it); a power loss may drop the last commits.
+	// What must survive power loss is the audit log, which syncs itself.
+	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Set("_txlock", "immediate")
+	dsn := "file:" + path + "?" + q.Encode()
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("opening database %s: %w", path, err)
+	}
+	// SQLite allows one writer; a small pool keeps readers concurrent while
+	// writers queue on the busy timeout rather than failing.
+	db.SetMaxOpenConns(8)
+	s := &Store{db: db}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("database %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Ping checks that the database answers; /readyz uses it.
+func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
+
+// migrations are applied in order, each once; their index+1 is the schema
+// version. Append only: never edit a migration that has shipped.
+var migrations = []string{
+	`CREATE TABLE nonces (
+		nonce      BLOB PRIMARY KEY,
+		issued_at  INTEGER NOT NULL,
+		expires_at INTEGER NOT NULL,
+		used_at    INTEGER
+	);
+	CREATE INDEX nonces_expires ON nonces(expires_at);
+	CREATE TABLE enrollments (
+		ak_digest     BLOB PRIMARY KEY,
+		ak_public     BLOB NOT NULL,
+		method        TEXT NOT NULL,
+		name          TEXT NOT NULL DEFAULT '',
+		enrolled_by   TEXT NOT NULL DEFAULT '',
+		enrolled_at   INTEGER NOT NULL,
+		ek_digest     BLOB,
+		revoked_at    INTEGER,
+		revoked_by    TEXT NOT NULL DEFAULT '',
+		revoke_reason TEXT NOT NULL DEFAULT ''
+	);
+	CREATE TABLE credentials (
+		cti          BLOB PRIMARY KEY,
+		subject      TEXT NOT NULL,
+		audience     TEXT NOT NULL,
+		ak_digest    BLOB NOT NULL,
+		image_digest TEXT NOT NULL DEFAULT '',
+		scope        TEXT NOT NULL DEFAULT '',
+		issued_at    INTEGER NOT NULL,
+		expires_at   INTEGER NOT NULL,
+		log_index    INTEGER
+	);
+	CREATE INDEX credentials_subject ON credentials(subject);`,
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("creating schema_version: %w", err)
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("migration transaction: %w", err)
+	}
+	defer tx.Rollback()
+	var version int
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_version`).Scan(&version); err != nil {
+		return fmt.Errorf("reading schema version: %w", err)
+	}
+	if version > len(migrations) {
+		return fmt.Errorf("schema version %d is newer than this build knows (%d); run a newer vouchd", version, len(migrations))
+	}
+	for i := version; i < len(migrations); i++ {
+		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version (version) VALUES (?)`, i+1); err != nil {
+			return fmt.Errorf("recording migration %d: %w", i+1, err)
+		}
+	}
+	return tx.Commit()
+}
+
+func unixNano(t time.Time) int64 { return t.UnixNano() }
+
+func fromNano(n int64) time.Time { return time.Unix(0, n).UTC() }
+
+func nullTime(n sql.NullInt64) *time.Time {
+	if !n.Valid {
+		return nil
+	}
+	t := fromNano(n.Int64)
+	return &t
+}
