@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"slices"
 
-	statepb "github.com/google/go-eventlog/proto/state"
 	"github.com/google/go-eventlog/extract"
+	statepb "github.com/google/go-eventlog/proto/state"
 	"github.com/google/go-eventlog/register"
 	"github.com/google/go-eventlog/tpmeventlog"
 )
