@@ -21,8 +21,6 @@ import (
 const (
 	challengePath = "/v1/challenge"
 	attestPath    = "/v1/attest"
-	// CredentialMediaType is the Content-Type of an issued credential.
-	CredentialMediaType = "application/cwt"
 	// LogIndexHeader optionally carries the audit log index of an issuance.
 	LogIndexHeader = "Vouch-Log-Index"
 )
@@ -150,7 +148,7 @@ func (c *Client) Attest(ctx context.Context, ev *attest.Evidence) (*Issued, erro
 		return nil, err
 	}
 	req.Header.Set("Content-Type", attest.EvidenceMediaType)
-	req.Header.Set("Accept", CredentialMediaType+", "+attest.ProblemMediaType)
+	req.Header.Set("Accept", attest.CredentialMediaType+", "+attest.ProblemMediaType)
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("attest: %w", err)
@@ -159,7 +157,7 @@ func (c *Client) Attest(ctx context.Context, ev *attest.Evidence) (*Issued, erro
 	if resp.StatusCode != http.StatusOK {
 		return nil, attest.ReadProblem(resp)
 	}
-	if err := checkMediaType(resp, CredentialMediaType); err != nil {
+	if err := checkMediaType(resp, attest.CredentialMediaType); err != nil {
 		return nil, fmt.Errorf("attest: %w", err)
 	}
 	cred, err := readBounded(resp.Body, attest.MaxCredentialSize)
