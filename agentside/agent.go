@@ -199,8 +199,8 @@ func (a *Agent) Evidence(nonce []byte, req *attest.Request) (*attest.Evidence, e
 	err = a.do(func(rw io.ReadWriter) error {
 		t := a.tpm
 		if len(t.firmwareLog) == 0 {
-			if t.kind == kindSimulator {
-				return errors.New("evidence: the simulator has no firmware event log; boot it with a recorded log first (--boot-log)")
+			if t.Firmwareless() {
+				return errors.New("evidence: the TPM has no firmware, so no firmware event log; boot it with a recorded log first (--boot-log)")
 			}
 			return errors.New("evidence: the TPM has no firmware event log")
 		}

@@ -1,6 +1,7 @@
 package agentside
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -26,13 +27,14 @@ const startupLocalityPrefix = "StartupLocality\x00"
 
 // ErrUnreplayable is wrapped by the error [TPM.Boot] returns for a firmware
 // log that a freshly started simulator cannot reproduce.
-var ErrUnreplayable = errors.New("the firmware event log cannot be replayed into the simulator")
+var ErrUnreplayable = errors.New("the firmware event log cannot be replayed into this TPM")
 
 // Boot replays a recorded TCG PC Client firmware event log (the binary format
 // of /sys/kernel/security/tpm0/binary_bios_measurements) into the simulator's
 // PCRs, as the firmware of a real machine would have measured it, and keeps
-// the log as the TPM's firmware event log. Simulator only; call it once,
-// before [TPM.MeasureWorkload].
+// the log as the TPM's firmware event log. For development TPMs without
+// firmware only: the simulator, and swtpm as long as the PCRs the log
+// measures into are still zero. Call it once, before [TPM.MeasureWorkload].
 //
 // Every event except EV_NO_ACTION is extended, with its recorded digest, into
 // its PCR in each allocated bank the log has digests for. Banks the log lacks
@@ -51,7 +53,7 @@ var ErrUnreplayable = errors.New("the firmware event log cannot be replayed into
 //   - events on PCR 13, which Vouch reserves for the workload measurements
 //     (e.g. option-rom-sha1); the canonical event log would no longer replay.
 func (t *TPM) Boot(log []byte) error {
-	if t.kind != kindSimulator {
+	if !t.Firmwareless() {
 		return fmt.Errorf("boot replay: %w for TPM %q; a real TPM was measured by its own firmware", ErrNotSupported, t.spec)
 	}
 	if len(log) == 0 {
@@ -108,6 +110,16 @@ func (t *TPM) Boot(log []byte) error {
 		}
 		if t.cel != nil {
 			return errors.New("boot replay: the workload was already measured; boot first, as firmware runs before the workload")
+		}
+		// swtpm keeps its PCRs while it runs: replay only into fresh ones.
+		for _, x := range plan {
+			v, err := tpm2.ReadPCR(rw, x.pcr, x.alg)
+			if err != nil {
+				return fmt.Errorf("boot replay: reading PCR %d (%v): %w", x.pcr, x.alg, err)
+			}
+			if !bytes.Equal(v, make([]byte, len(v))) {
+				return fmt.Errorf("%w: PCR %d (%v) was already extended; replay needs a freshly started TPM (restart swtpm)", ErrUnreplayable, x.pcr, x.alg)
+			}
 		}
 		t.booted = true // even on failure: the PCRs may be half extended
 		for _, x := range plan {

@@ -7,7 +7,7 @@
 //
 //	tpm, _ := agentside.Open(ctx, "sim", agentside.OpenOptions{StateDir: dir})
 //	defer tpm.Close()
-//	_ = tpm.Boot(firmwareLog)                       // simulator only
+//	_ = tpm.Boot(firmwareLog)                       // simulator and swtpm only
 //	_ = tpm.MeasureWorkload(agentside.Workload{...}) // PCR 13, canonical event log
 //	agent, _ := agentside.NewAgent(tpm)              // fresh agent key, certified by the AK
 //	defer agent.Close()
@@ -26,17 +26,20 @@
 //     here wrote, and so that the AK stays the same from run to run and can be
 //     enrolled once. Never enroll a simulator AK in a verifier that appraises
 //     production agents.
-//   - "swtpm:HOST:PORT" (swtpm or the reference simulator over TCP, platform
-//     port PORT+1) and "/dev/tpmrm0" (a real TPM through the kernel resource
-//     manager): recognised, not implemented yet; Open says so.
+//   - "swtpm:HOST:PORT": swtpm's TCP data channel (raw TPM 2.0 commands), as
+//     started by "swtpm socket --tpm2 --server type=tcp,port=PORT --flags
+//     not-need-init,startup-clear --tpmstate dir=DIR". Also a development TPM
+//     (its state directory holds its secrets), but a real, separate one.
+//   - "/dev/tpmrm0" (a real TPM through the kernel resource manager, firmware
+//     log from securityfs): recognised, not implemented yet; Open says so.
 //
 // Every use of a TPM goes through one mutex, so a [TPM] and the [Agent] on it
 // can be shared between goroutines; TPMs themselves are not concurrent.
 //
 // # Development boot
 //
-// The simulator has no firmware, so its PCRs start at zero. [TPM.Boot] replays
-// a real recorded TCG firmware event log into it, so that the verifier's
+// The simulator and swtpm have no firmware, so their PCRs start at zero.
+// [TPM.Boot] replays a real recorded TCG firmware event log into them, so that the verifier's
 // measured-boot appraisal runs on real data. See its documentation for what
 // can and cannot be replayed.
 //

@@ -63,10 +63,9 @@ const (
 
 // tpmSpec is a parsed TPM spec.
 type tpmSpec struct {
-	kind     specKind
-	addr     string // swtpm command address, host:port
-	platform string // swtpm platform (control) address, host:port+1
-	path     string // device path
+	kind specKind
+	addr string // swtpm data channel, host:port
+	path string // device path
 }
 
 // parseSpec parses "sim", "swtpm:HOST:PORT" or an absolute device path.
@@ -81,14 +80,10 @@ func parseSpec(spec string) (tpmSpec, error) {
 			return tpmSpec{}, fmt.Errorf("TPM spec %q: want swtpm:HOST:PORT (e.g. swtpm:localhost:2321)", spec)
 		}
 		port, err := strconv.Atoi(portStr)
-		if err != nil || port < 1 || port > 65534 {
-			return tpmSpec{}, fmt.Errorf("TPM spec %q: port %q is not a number between 1 and 65534", spec, portStr)
+		if err != nil || port < 1 || port > 65535 {
+			return tpmSpec{}, fmt.Errorf("TPM spec %q: port %q is not a number between 1 and 65535", spec, portStr)
 		}
-		return tpmSpec{
-			kind:     kindSWTPM,
-			addr:     net.JoinHostPort(host, strconv.Itoa(port)),
-			platform: net.JoinHostPort(host, strconv.Itoa(port+1)),
-		}, nil
+		return tpmSpec{kind: kindSWTPM, addr: net.JoinHostPort(host, strconv.Itoa(port))}, nil
 	case strings.HasPrefix(spec, "/"):
 		return tpmSpec{kind: kindDevice, path: filepath.Clean(spec)}, nil
 	}
@@ -131,7 +126,9 @@ func Open(ctx context.Context, spec string, opts OpenOptions) (*TPM, error) {
 			return nil, err
 		}
 	case kindSWTPM:
-		return nil, fmt.Errorf("TPM spec %q: swtpm over TCP (command %s, platform %s) is %w; use %q", spec, ps.addr, ps.platform, ErrNotSupported, SpecSimulator)
+		if t.rwc, err = openSWTPM(ctx, ps.addr); err != nil {
+			return nil, fmt.Errorf("TPM spec %q: %w", spec, err)
+		}
 	case kindDevice:
 		return nil, fmt.Errorf("TPM spec %q: device TPMs are %w; use %q", spec, ErrNotSupported, SpecSimulator)
 	}
@@ -181,6 +178,11 @@ func (t *TPM) Spec() string { return t.spec }
 
 // Simulated reports whether the TPM is the insecure in-process simulator.
 func (t *TPM) Simulated() bool { return t.kind == kindSimulator }
+
+// Firmwareless reports whether the TPM has no firmware that measured a boot
+// (the simulator and swtpm): [TPM.Boot] must replay a recorded log into it
+// before it can attest.
+func (t *TPM) Firmwareless() bool { return t.kind == kindSimulator || t.kind == kindSWTPM }
 
 // Close closes the TPM. Close the agents on it first.
 func (t *TPM) Close() error {

@@ -29,7 +29,7 @@ type tpmFlags struct {
 
 func (f *tpmFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&f.spec, "tpm", agentside.SpecSimulator,
-		`TPM to use: "sim" (in-process simulator; INSECURE, development only), "swtpm:HOST:PORT" or "/dev/tpmrm0" (not supported yet)`)
+		`TPM to use: "sim" (in-process simulator; INSECURE, development only), "swtpm:HOST:PORT" (swtpm's TCP data channel; start swtpm with --flags not-need-init,startup-clear) or "/dev/tpmrm0" (not supported yet)`)
 	fs.StringVar(&f.state, "state", "",
 		"state directory; the simulator keeps its seed there, so its AK stays the same between runs (default $XDG_STATE_HOME/vouch-agent or ~/.local/state/vouch-agent)")
 }
@@ -69,7 +69,7 @@ func (a *app) attestCmd() *cobra.Command {
 		Use:   "attest",
 		Short: "Attest to the verifier and write the credential it issues",
 		Long: `attest opens the TPM, boots it with a recorded firmware event log (simulator
-only), measures the workload into PCR 13, creates a fresh agent key in the TPM,
+and swtpm only), measures the workload into PCR 13, creates a fresh agent key in the TPM,
 asks the verifier for a nonce (POST /v1/challenge), sends evidence bound to
 that nonce, the agent key and the request (POST /v1/attest), and writes the
 credential the verifier issues to --out (mode 0600).
@@ -92,7 +92,7 @@ On a refusal it prints "refused: <reason>: <detail>" and exits with status 3.`,
 	fs := cmd.Flags()
 	f.tpm.add(fs)
 	fs.StringVar(&f.verifier, "verifier", "", "verifier base URL, e.g. https://vouch.example (required)")
-	fs.StringVar(&f.bootLog, "boot-log", "", "recorded TCG firmware event log (binary_bios_measurements format) to replay into the simulator (required with --tpm sim)")
+	fs.StringVar(&f.bootLog, "boot-log", "", "recorded TCG firmware event log (binary_bios_measurements format) to replay into a TPM without firmware (required with --tpm sim and swtpm)")
 	fs.StringVar(&f.imageRef, "image-ref", "", "workload image reference, e.g. ghcr.io/acme/agent:1.4 (required)")
 	fs.StringVar(&f.imageDigest, "image-digest", "", `workload image digest, "sha256:" and 64 lower-case hex digits (required)`)
 	fs.StringArrayVar(&f.args, "arg", nil, "workload argument to measure, in order (repeatable)")
@@ -157,15 +157,10 @@ func (a *app) runAttest(ctx context.Context, f *attestFlags) error {
 		return usageError{err}
 	}
 	var bootLog []byte
-	if f.tpm.spec == agentside.SpecSimulator {
-		if f.bootLog == "" {
-			return usagef("the simulator has no firmware: pass --boot-log FILE, a recorded firmware event log (e.g. testdata/eventlogs/ubuntu-2404-amd-sevsnp.bin)")
-		}
+	if f.bootLog != "" {
 		if bootLog, err = readFileBounded(f.bootLog, agentside.MaxFirmwareLogSize); err != nil {
 			return err
 		}
-	} else if f.bootLog != "" {
-		return usagef("--boot-log only applies to --tpm sim; a real TPM was measured by its firmware")
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
@@ -175,6 +170,12 @@ func (a *app) runAttest(ctx context.Context, f *attestFlags) error {
 		return err
 	}
 	defer tpm.Close()
+	switch {
+	case tpm.Firmwareless() && bootLog == nil:
+		return usagef("TPM %q has no firmware: pass --boot-log FILE, a recorded firmware event log (e.g. testdata/eventlogs/ubuntu-2404-amd-sevsnp.bin)", f.tpm.spec)
+	case !tpm.Firmwareless() && bootLog != nil:
+		return usagef("--boot-log only applies to TPMs without firmware (sim, swtpm); TPM %q was measured by its firmware", f.tpm.spec)
+	}
 	if bootLog != nil {
 		if err := tpm.Boot(bootLog); err != nil {
 			return fmt.Errorf("%s: %w", f.bootLog, err)

@@ -117,7 +117,9 @@ then attest:
 TPMs (--tpm): "sim" is the in-process TPM simulator. IT IS INSECURE AND FOR
 DEVELOPMENT ONLY: its keys derive from a seed file in the state directory, and
 it has no firmware, so --boot-log replays a recorded firmware event log into
-it. "swtpm:HOST:PORT" and "/dev/tpmrm0" are recognised but not supported yet.
+it. "swtpm:HOST:PORT" is swtpm's TCP data channel (start it with
+"swtpm socket --tpm2 --server type=tcp,port=PORT --flags not-need-init,startup-clear");
+it has no firmware either. "/dev/tpmrm0" is recognised but not supported yet.
 
 Every flag can also be set with an environment variable: VOUCH_ and the flag
 name in upper case with - as _ (--image-digest is VOUCH_IMAGE_DIGEST), or with a

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -209,7 +210,7 @@ func TestAttestErrors(t *testing.T) {
 		{"bad verifier url", with("--verifier", "vouch.example"), exitUsage, "http(s)://"},
 		{"unknown flag", with("--nope"), exitUsage, "unknown flag"},
 		{"bad log level", with("--log-level", "loud"), exitUsage, "--log-level"},
-		{"not supported tpm", with("--tpm", "swtpm:localhost:2321"), exitUsage, "--boot-log only applies"},
+		{"swtpm down", with("--tpm", "swtpm:"+closedPort(t)), exitError, "connecting to swtpm"},
 		{"device tpm", []string{"attest", "--tpm", "/dev/tpmrm0", "--verifier", srv.URL, "--image-ref", "r", "--image-digest", testDigest}, exitError, "not supported yet"},
 		{"missing boot log file", with("--boot-log", filepath.Join(state, "nope.bin")), exitError, "no such file"},
 		{"unreplayable boot log", with("--boot-log", filepath.Join("..", "..", "testdata", "eventlogs", "glinux-alex.bin")), exitError, "locality 3"},
@@ -287,4 +288,14 @@ func TestHelp(t *testing.T) {
 	if code, _, stderr := runCmd(t, "frobnicate"); code != exitUsage {
 		t.Errorf("unknown command: exit %d, stderr %q", code, stderr)
 	}
+}
+
+// closedPort returns a loopback address nobody listens on.
+func closedPort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
