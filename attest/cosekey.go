@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/fxamacker/cbor/v2"
 	"github.com/veraison/go-cose"
 )
 
@@ -179,12 +180,63 @@ func DecodeKeySet(data []byte) (*KeySet, error) {
 	if len(data) > MaxKeySetSize {
 		return nil, Errorf(ReasonKeySetInvalid, "key set is %d bytes; at most %d are accepted", len(data), MaxKeySetSize)
 	}
-	var keys []*cose.Key
-	if err := lenientDecMode.Unmarshal(data, &keys); err != nil {
+	var raws []cbor.RawMessage
+	if err := lenientDecMode.Unmarshal(data, &raws); err != nil {
 		return nil, Errorf(ReasonKeySetInvalid, "key set is not a COSE_KeySet: %w", err)
 	}
-	if len(keys) == 0 {
+	if len(raws) == 0 {
 		return nil, Errorf(ReasonKeySetInvalid, "key set is empty")
 	}
+	keys := make([]*cose.Key, len(raws))
+	for i, raw := range raws {
+		k, err := decodeCOSEKey(raw)
+		if err != nil {
+			return nil, Errorf(ReasonKeySetInvalid, "key %d is not a COSE_Key: %w", i, err)
+		}
+		keys[i] = k
+	}
 	return NewKeySet(keys...)
+}
+
+// decodeCOSEKey decodes one COSE_Key. go-cose v1.3.0's Key.UnmarshalCBOR
+// panics when an EC2 or OKP key's crv (-1) is not an integer, so the
+// parameter types it asserts are checked first.
+func decodeCOSEKey(data []byte) (*cose.Key, error) {
+	var m map[any]any
+	if err := lenientDecMode.Unmarshal(data, &m); err != nil {
+		return nil, err
+	}
+	if v, ok := m[int64(-1)]; ok {
+		switch v.(type) {
+		case int64, uint64:
+		default:
+			return nil, fmt.Errorf("crv (-1) is a %T, not an integer", v)
+		}
+	}
+	k := new(cose.Key)
+	if err := k.UnmarshalCBOR(data); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// UnmarshalCBOR decodes a cnf claim {1: COSE_Key}, tolerating other
+// confirmation methods, through the guarded COSE_Key decoder.
+func (c *Confirmation) UnmarshalCBOR(data []byte) error {
+	var raw struct {
+		Key cbor.RawMessage `cbor:"1,keyasint"`
+	}
+	if err := lenientDecMode.Unmarshal(data, &raw); err != nil {
+		return err
+	}
+	*c = Confirmation{}
+	if raw.Key == nil {
+		return nil
+	}
+	k, err := decodeCOSEKey(raw.Key)
+	if err != nil {
+		return fmt.Errorf("cnf COSE_Key: %w", err)
+	}
+	c.Key = k
+	return nil
 }

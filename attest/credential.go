@@ -227,12 +227,7 @@ func checkClaims(c *Claims, opts *CredentialOptions) error {
 	if opts.Now != nil {
 		now = opts.Now()
 	}
-	skew := opts.Skew
-	if skew == 0 {
-		skew = DefaultCredentialSkew
-	} else if skew < 0 {
-		skew = 0
-	}
+	skew := credentialSkew(opts)
 	maxLife := opts.MaxLifetime
 	if maxLife == 0 {
 		maxLife = DefaultCredentialMaxLifetime
@@ -256,6 +251,17 @@ func checkClaims(c *Claims, opts *CredentialOptions) error {
 		return Errorf(ReasonCredentialNotYetValid, "credential was issued at %s, in the future (now %s, skew %v): check the clocks of verifier and relying party", c.IssuedAtTime().UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), skew)
 	}
 	return nil
+}
+
+// credentialSkew returns the effective clock skew of opts.
+func credentialSkew(opts *CredentialOptions) time.Duration {
+	switch {
+	case opts.Skew == 0:
+		return DefaultCredentialSkew
+	case opts.Skew < 0:
+		return 0
+	}
+	return opts.Skew
 }
 
 // checkClaimsShape checks what a credential must hold whatever the relying

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fxamacker/cbor/v2"
 	"github.com/veraison/go-cose"
 )
 
@@ -182,6 +183,10 @@ func TestVerifyCredentialRefusals(t *testing.T) {
 		{name: "cnf with private key", raw: withClaims(func(c *Claims) { c.Confirm.Key = privateCOSE(t, ag) }), want: ReasonCredentialMalformed},
 		{name: "cnf point not on curve", raw: withClaims(func(c *Claims) { c.Confirm.Key = offCurve(t, ag) }), want: ReasonCredentialMalformed},
 		{name: "cti too short", raw: withClaims(func(c *Claims) { c.ID = c.ID[:15] }), want: ReasonCredentialMalformed},
+		{name: "cnf crv not an integer (go-cose panic)", raw: signRaw(t, is.key, cose.AlgorithmES256, es256(nil), nil,
+			setClaim(t, payload, 8, map[int]any{1: map[int]any{1: 2, -1: "P-256", -2: make([]byte, 32), -3: make([]byte, 32)}})), want: ReasonCredentialMalformed},
+		{name: "cnf crv simple value", raw: signRaw(t, is.key, cose.AlgorithmES256, es256(nil), nil,
+			setClaim(t, payload, 8, map[int]any{1: map[int]any{1: 2, -1: cbor.SimpleValue(20 + 16), -2: make([]byte, 32), -3: make([]byte, 32)}})), want: ReasonCredentialMalformed},
 		{name: "audience as array", raw: signRaw(t, is.key, cose.AlgorithmES256, es256(nil), nil, setClaim(t, payload, 3, []string{testAudience})), want: ReasonCredentialMalformed},
 	}
 	for _, tc := range tests {

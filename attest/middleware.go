@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // DefaultMaxBodySize bounds the request body the middleware reads to check
@@ -64,7 +65,9 @@ func ClaimsFromContext(ctx context.Context) (*Claims, bool) {
 // only with a valid Vouch credential ("Authorization: Vouch <base64url>")
 // and a valid proof of possession of its cnf key (Vouch-PoP header) for this
 // method, URI, body and credential. The handler finds the claims with
-// [ClaimsFromContext] and the body unchanged in r.Body.
+// [ClaimsFromContext] and the body unchanged in r.Body. A single-use
+// credential (claim -65540) is accepted once by each middleware; presenting
+// it again gives ReasonCredentialReused.
 //
 // Refusals are RFC 9457 problem documents with a WWW-Authenticate:
 // Vouch error="<reason>" header: 401 for credential and proof failures, 403
@@ -88,7 +91,11 @@ func NewMiddleware(opts MiddlewareOptions) (func(http.Handler) http.Handler, err
 	if opts.MaxBodySize <= 0 {
 		opts.MaxBodySize = DefaultMaxBodySize
 	}
-	m := &middleware{opts: opts, origin: strings.ToLower(origin.Scheme) + "://" + strings.ToLower(origin.Host)}
+	m := &middleware{
+		opts:      opts,
+		origin:    strings.ToLower(origin.Scheme) + "://" + strings.ToLower(origin.Host),
+		singleUse: newReplayCache(opts.PoP.cache.perShard * len(opts.PoP.cache.shards) / 16),
+	}
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			c, status, err := m.check(r)
@@ -102,8 +109,9 @@ func NewMiddleware(opts MiddlewareOptions) (func(http.Handler) http.Handler, err
 }
 
 type middleware struct {
-	opts   MiddlewareOptions
-	origin string // lower-case scheme://host[:port]
+	opts      MiddlewareOptions
+	origin    string       // lower-case scheme://host[:port]
+	singleUse *replayCache // cti of single-use credentials already accepted
 }
 
 // maxEncodedCredential is the base64url length of MaxCredentialSize bytes.
@@ -172,6 +180,23 @@ func (m *middleware) check(r *http.Request) (*Claims, int, error) {
 				return nil, http.StatusForbidden, err
 			}
 			return nil, http.StatusForbidden, &Error{Reason: ReasonScopeInsufficient, Detail: "the credential does not allow this request", Err: err}
+		}
+	}
+	if c.SingleUse {
+		// Remember the cti until the credential expires (plus skew). Last,
+		// so that a refused request does not use the credential up.
+		var cti [CredentialIDSize]byte
+		copy(cti[:], c.ID)
+		now := time.Now()
+		if m.opts.Credential.Now != nil {
+			now = m.opts.Credential.Now()
+		}
+		ttl := c.ExpiresAt().Add(credentialSkew(&m.opts.Credential)).Sub(now)
+		switch m.singleUse.add(cti, now, ttl) {
+		case ReasonPoPReplayed:
+			return nil, http.StatusUnauthorized, Errorf(ReasonCredentialReused, "single-use credential %x was already used: attest again for a new one", c.ID)
+		case ReasonPoPCacheFull:
+			return nil, http.StatusServiceUnavailable, Errorf(ReasonPoPCacheFull, "the relying party's single-use credential cache is full; retry shortly")
 		}
 	}
 	return c, 0, nil

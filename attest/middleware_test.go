@@ -310,3 +310,20 @@ func TestMiddlewareStripPrefix(t *testing.T) {
 		t.Fatalf("%d %+v", resp.StatusCode, p)
 	}
 }
+
+func TestMiddlewareSingleUse(t *testing.T) {
+	f := newRP(t, nil)
+	c := claimsFor(f.ag, time.Now())
+	c.SingleUse = true
+	c.Expiry = c.IssuedAt + 10
+	f.cred = f.is.sign(t, c)
+	if resp, p := do(t, f.request(t, "GET", "/v1/x", nil, f.ag.key)); resp.StatusCode != 200 {
+		t.Fatalf("%d %+v", resp.StatusCode, p)
+	}
+	<-f.seen
+	<-f.bodies
+	resp, p := do(t, f.request(t, "GET", "/v1/x", nil, f.ag.key))
+	if resp.StatusCode != 401 || p.Reason != ReasonCredentialReused {
+		t.Fatalf("second use: %d %+v", resp.StatusCode, p)
+	}
+}

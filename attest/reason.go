@@ -85,6 +85,7 @@ const (
 	ReasonCredentialAudience    Reason = "credential-audience"      // aud is not this relying party
 	ReasonCredentialProfile     Reason = "credential-profile"       // eat_profile is not the Vouch profile
 	ReasonCredentialRevoked     Reason = "credential-revoked"       // the credential was revoked
+	ReasonCredentialReused      Reason = "credential-reused"        // a single-use credential was presented again
 	ReasonScopeInsufficient     Reason = "scope-insufficient"       // valid credential, but its scope does not cover this request
 	ReasonKeySetInvalid         Reason = "key-set-invalid"          // the verifier's COSE_KeySet cannot be decoded or holds an unacceptable key
 )
