@@ -15,6 +15,8 @@ import (
 	"fmt"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
+
 	"github.com/vouch-dev/vouch/attest"
 	"github.com/vouch-dev/vouch/policy"
 	"github.com/vouch-dev/vouch/verifier/store"
@@ -80,8 +82,14 @@ type Options struct {
 
 // Pipeline appraises evidence. It is safe for concurrent use.
 type Pipeline struct {
-	opts Options
+	opts    Options
+	replays *lru.Cache[[32]byte, replayResult]
 }
+
+// replayCacheSize bounds the cache of firmware-log replays. A machine's log
+// only changes when it reboots, so a fleet needs about one entry per machine
+// and boot.
+const replayCacheSize = 8192
 
 // New returns a pipeline.
 func New(opts Options) (*Pipeline, error) {
@@ -91,7 +99,11 @@ func New(opts Options) (*Pipeline, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Pipeline{opts: opts}, nil
+	replays, err := lru.New[[32]byte, replayResult](replayCacheSize)
+	if err != nil {
+		return nil, err
+	}
+	return &Pipeline{opts: opts, replays: replays}, nil
 }
 
 // Outcome is everything the pipeline established. Fields are filled step by
@@ -121,7 +133,7 @@ func (p *Pipeline) Run(ctx context.Context, raw []byte) (*Outcome, error) {
 		{StepDecode, func(_ context.Context, o *Outcome) error { return decode(raw, o) }},
 		{StepNonce, p.checkNonce},
 		{StepAK, p.checkAK},
-		{StepQuote, func(_ context.Context, o *Outcome) error { return verifyQuote(refs, o) }},
+		{StepQuote, func(_ context.Context, o *Outcome) error { return p.verifyQuote(refs, o) }},
 		{StepWorkload, func(_ context.Context, o *Outcome) error { return verifyWorkload(o) }},
 		{StepAgentKey, func(_ context.Context, o *Outcome) error { return verifyAgentKey(o) }},
 		{StepReferenceValues, func(_ context.Context, o *Outcome) error { return p.appraise(refs, o) }},

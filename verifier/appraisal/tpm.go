@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sort"
@@ -113,7 +114,7 @@ func toServerOpts(v policy.VerifyOptions, binding []byte, ak crypto.PublicKey) s
 	return o
 }
 
-func verifyQuote(refs *policy.RefSet, o *Outcome) error {
+func (p *Pipeline) verifyQuote(refs *policy.RefSet, o *Outcome) error {
 	att := o.AK.Attestation
 	if len(att.GetEventLog()) == 0 {
 		return vattest.Errorf(vattest.ReasonEventLogMissing, "the evidence has no TCG firmware event log; measured boot cannot be appraised without it (on Linux it is /sys/kernel/security/tpm0/binary_bios_measurements)")
@@ -129,34 +130,85 @@ func verifyQuote(refs *policy.RefSet, o *Outcome) error {
 		}
 		byBank[alg] = q
 	}
+	logDigest := sha256.Sum256(att.GetEventLog())
+	verified := map[tpm2.Algorithm]bool{}
 	var firstErr error
 	for _, cand := range verifyOptionCandidates(refs) {
-		q := byBank[bankAlgs[cand.Bank]]
+		alg := bankAlgs[cand.Bank]
+		q := byBank[alg]
 		if q == nil {
 			continue
 		}
-		ms, err := server.VerifyAttestation(att, toServerOpts(cand, o.Binding, o.AK.Public))
-		if err == nil {
+		// The quote's signature, nonce and PCR digest are checked on every
+		// attestation; only the log replay, a pure function of the log, the
+		// PCR values and the options, is cached.
+		if !verified[alg] {
+			if err := quote.Verify(q, o.AK.Public, o.Binding); err != nil {
+				return vattest.Errorf(vattest.ReasonQuoteInvalid, "the %s quote does not verify against the enrolled AK and the binding of nonce, agent key and request: %w", cand.Bank, err)
+			}
+			verified[alg] = true
+		}
+		key := replayKey(cand, q.GetPcrs(), logDigest[:], att.GetAkCert())
+		r, ok := p.replays.Get(key)
+		if !ok {
+			ms, err := server.VerifyAttestation(att, toServerOpts(cand, o.Binding, o.AK.Public))
+			if err != nil {
+				err = classifyLogError(cand, err)
+			}
+			r = replayResult{machine: ms, err: err}
+			p.replays.Add(key, r)
+		}
+		if r.err == nil {
 			pcrs := make(map[int][]byte, len(q.GetPcrs().GetPcrs()))
 			for idx, v := range q.GetPcrs().GetPcrs() {
 				pcrs[int(idx)] = v
 			}
-			o.Quote = &QuoteResult{Machine: ms, Verify: cand, Quote: q, PCRs: pcrs}
+			o.Quote = &QuoteResult{Machine: r.machine, Verify: cand, Quote: q, PCRs: pcrs}
 			return nil
 		}
-		// Tell a bad quote from a bad log: the quote check alone is cheap
-		// to repeat and only runs on this failure path.
-		if qerr := quote.Verify(q, o.AK.Public, o.Binding); qerr != nil {
-			return vattest.Errorf(vattest.ReasonQuoteInvalid, "the %s quote does not verify against the enrolled AK and the binding of nonce, agent key and request: %w", cand.Bank, qerr)
-		}
 		if firstErr == nil {
-			firstErr = classifyLogError(cand, err)
+			firstErr = r.err
 		}
 	}
 	if firstErr == nil {
 		return vattest.Errorf(vattest.ReasonQuoteInvalid, "the evidence has no quote of a bank this verifier's reference profiles use (sha256, or one a profile names)")
 	}
 	return firstErr
+}
+
+// replayResult is the outcome of replaying one firmware log against one set
+// of PCR values with one set of options. Machine is shared: never modify it.
+type replayResult struct {
+	machine *attest.MachineState
+	err     error
+}
+
+// replayKey identifies a replay: the options, the quoted PCR values, the log
+// and the AK certificate (whose instance information go-tpm-tools merges
+// into the machine state).
+func replayKey(v policy.VerifyOptions, pcrs *tpmpb.PCRs, logDigest, akCert []byte) [32]byte {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%d\x00", v.Key(), pcrs.GetHash())
+	idxs := make([]uint32, 0, len(pcrs.GetPcrs()))
+	for i := range pcrs.GetPcrs() {
+		idxs = append(idxs, i)
+	}
+	sort.Slice(idxs, func(a, b int) bool { return idxs[a] < idxs[b] })
+	var b [4]byte
+	for _, i := range idxs {
+		binary.BigEndian.PutUint32(b[:], i)
+		h.Write(b[:])
+		d := pcrs.GetPcrs()[i]
+		binary.BigEndian.PutUint32(b[:], uint32(len(d)))
+		h.Write(b[:])
+		h.Write(d)
+	}
+	h.Write(logDigest)
+	c := sha256.Sum256(akCert)
+	h.Write(c[:])
+	var k [32]byte
+	h.Sum(k[:0])
+	return k
 }
 
 // classifyLogError maps a go-tpm-tools event-log failure (after the quote

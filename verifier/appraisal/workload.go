@@ -68,7 +68,7 @@ func verifyWorkload(o *Outcome) error {
 			return vattest.Errorf(vattest.ReasonCELMalformed, "record %d is not a COS TLV event: %w", i, err)
 		}
 		if err := cel.VerifyDigests(tlv, r.Digests); err != nil {
-			return vattest.Errorf(vattest.ReasonCELRecordDigest, "record %d (%v): its content does not match its digest: %w", i, tlv.EventType, err)
+			return vattest.Errorf(vattest.ReasonCELRecordDigest, "record %d (COS event type %d): its content does not match its digest: %w", i, tlv.EventType, err)
 		}
 	}
 	state, err := extract.VerifiedCOSState(log, uint8(cel.PCRType), extract.Options{})

@@ -22,15 +22,17 @@ type Credential struct {
 	LogIndex    *uint64 // audit log index of the issuance record, once sequenced
 }
 
+const sqlRecordCredential = `INSERT INTO credentials
+	(cti, subject, audience, ak_digest, image_digest, scope, issued_at, expires_at, log_index)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
+
 // RecordCredential stores an issued credential.
 func (s *Store) RecordCredential(ctx context.Context, c Credential) error {
 	var idx sql.NullInt64
 	if c.LogIndex != nil {
 		idx = sql.NullInt64{Int64: int64(*c.LogIndex), Valid: true}
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO credentials
-		(cti, subject, audience, ak_digest, image_digest, scope, issued_at, expires_at, log_index)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := s.stmt(sqlRecordCredential).ExecContext(ctx,
 		c.ID, c.Subject, c.Audience, c.AKDigest, c.ImageDigest, strings.Join(c.Scope, " "),
 		unixNano(c.IssuedAt), unixNano(c.ExpiresAt), idx)
 	if err != nil {

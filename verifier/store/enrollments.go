@@ -55,7 +55,7 @@ func (s *Store) Enroll(ctx context.Context, e Enrollment) error {
 // Enrollment returns the enrollment of the AK with the given digest, active
 // or revoked, or ErrNotFound.
 func (s *Store) Enrollment(ctx context.Context, akDigest []byte) (*Enrollment, error) {
-	rows, err := s.db.QueryContext(ctx, enrollmentSelect+` WHERE ak_digest = ?`, akDigest)
+	rows, err := s.stmt(enrollmentSelect+` WHERE ak_digest = ?`).QueryContext(ctx, akDigest)
 	if err != nil {
 		return nil, fmt.Errorf("looking up enrollment: %w", err)
 	}

@@ -10,10 +10,14 @@ import (
 	"github.com/vouch-dev/vouch/attest"
 )
 
+const (
+	sqlPutNonce     = `INSERT INTO nonces (nonce, issued_at, expires_at) VALUES (?, ?, ?)`
+	sqlConsumeNonce = `UPDATE nonces SET used_at = ? WHERE nonce = ? AND used_at IS NULL AND expires_at > ?`
+)
+
 // PutNonce records a nonce the verifier handed out.
 func (s *Store) PutNonce(ctx context.Context, nonce []byte, issued, expires time.Time) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO nonces (nonce, issued_at, expires_at) VALUES (?, ?, ?)`,
-		nonce, unixNano(issued), unixNano(expires))
+	_, err := s.stmt(sqlPutNonce).ExecContext(ctx, nonce, unixNano(issued), unixNano(expires))
 	if err != nil {
 		return fmt.Errorf("storing nonce: %w", err)
 	}
@@ -26,9 +30,7 @@ func (s *Store) PutNonce(ctx context.Context, nonce []byte, issued, expires time
 // returns an *attest.Error: nonce-unknown, nonce-expired or nonce-replayed.
 // An expired nonce is also marked used, so it cannot be tried again.
 func (s *Store) ConsumeNonce(ctx context.Context, nonce []byte, now time.Time) error {
-	res, err := s.db.ExecContext(ctx,
-		`UPDATE nonces SET used_at = ? WHERE nonce = ? AND used_at IS NULL AND expires_at > ?`,
-		unixNano(now), nonce, unixNano(now))
+	res, err := s.stmt(sqlConsumeNonce).ExecContext(ctx, unixNano(now), nonce, unixNano(now))
 	if err != nil {
 		return fmt.Errorf("consuming nonce: %w", err)
 	}

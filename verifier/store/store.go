@@ -26,7 +26,23 @@ var ErrExists = errors.New("already exists")
 
 // Store is the verifier's database.
 type Store struct {
-	db *sql.DB
+	db    *sql.DB
+	stmts map[string]*sql.Stmt // hot-path statements, prepared once
+}
+
+// hotStatements are prepared at open: each is on the path of every
+// attestation, where parsing SQL again would cost as much as running it.
+var hotStatements = []string{
+	sqlPutNonce, sqlConsumeNonce, enrollmentSelect + ` WHERE ak_digest = ?`, sqlRecordCredential,
+}
+
+// stmt returns the prepared form of a hot statement.
+func (s *Store) stmt(query string) *sql.Stmt {
+	st, ok := s.stmts[query]
+	if !ok {
+		panic("store: statement not prepared: " + query)
+	}
+	return st
 }
 
 // OpenSQLite opens (creating if needed) the SQLite database at path and brings
@@ -51,16 +67,29 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 	// SQLite allows one writer; a small pool keeps readers concurrent while
 	// writers queue on the busy timeout rather than failing.
 	db.SetMaxOpenConns(8)
-	s := &Store{db: db}
+	s := &Store{db: db, stmts: map[string]*sql.Stmt{}}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("database %s: %w", path, err)
+	}
+	for _, q := range hotStatements {
+		st, err := db.PrepareContext(ctx, q)
+		if err != nil {
+			db.Close()
+			return nil, fmt.Errorf("database %s: preparing %q: %w", path, q, err)
+		}
+		s.stmts[q] = st
 	}
 	return s, nil
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	for _, st := range s.stmts {
+		st.Close()
+	}
+	return s.db.Close()
+}
 
 // Ping checks that the database answers; /readyz uses it.
 func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
