@@ -181,6 +181,14 @@ func matchProfile(refs *RefSet, f *Facts) (*Profile, string) {
 	return nil, fmt.Sprintf("measured boot matches none of %d profiles; closest is %s: %s", considered, best.p.Name, strings.Join(best.diffs, ", "))
 }
 
+// shortID abbreviates a reference-set id ("sha256:" and 12 hex digits).
+func shortID(id string) string {
+	if len(id) > 19 {
+		return id[:19] + "…"
+	}
+	return id
+}
+
 func short(b []byte) string {
 	s := hex.EncodeToString(b)
 	if len(s) > 16 {
@@ -214,7 +222,7 @@ func appraiseWorkload(refs *RefSet, f *Facts) attest.Appraisal {
 		}
 	}
 	if len(allowed) == 0 {
-		return deny(attest.ReasonRefsImageDigest, fmt.Sprintf("image digest %s is not allowed by reference set %s; add it to the images of firmware-refs if this image is trusted", w.ImageDigest, short([]byte(refs.ID()))))
+		return deny(attest.ReasonRefsImageDigest, fmt.Sprintf("image digest %s is not allowed by reference set %s; add it to the images of firmware-refs if this image is trusted", w.ImageDigest, shortID(refs.ID())))
 	}
 	repo := Repository(w.ImageRef)
 	ok := false

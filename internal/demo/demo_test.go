@@ -1,0 +1,60 @@
+package demo
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vouch-dev/vouch/attest"
+)
+
+// TestBootLogIsTheTestdataCopy keeps the embedded demo log identical to the
+// attributed copy in testdata.
+func TestBootLogIsTheTestdataCopy(t *testing.T) {
+	want, err := os.ReadFile("../../testdata/eventlogs/rhel8-uefi.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(BootLog, want) {
+		t.Fatal("internal/demo/rhel8-uefi.bin differs from testdata/eventlogs/rhel8-uefi.bin")
+	}
+}
+
+func TestRun(t *testing.T) {
+	var out bytes.Buffer
+	dir := filepath.Join(t.TempDir(), "data")
+	sum, err := Run(context.Background(), Options{DataDir: dir, Out: &out})
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, out.String())
+	}
+	if !sum.OK() {
+		t.Fatalf("steps not as expected:\n%s", out.String())
+	}
+	want := map[string]attest.Reason{
+		"boot": "", "enroll": "", "attest": "", "call": "",
+		"replay": attest.ReasonPoPReplayed, "stolen": attest.ReasonPoPSignature, "bad image": attest.ReasonRefsImageDigest,
+	}
+	for _, st := range sum.Steps {
+		r, ok := want[st.Name]
+		if !ok {
+			t.Errorf("unexpected step %q", st.Name)
+			continue
+		}
+		if st.Reason != r {
+			t.Errorf("step %s: reason %q, want %q", st.Name, st.Reason, r)
+		}
+		delete(want, st.Name)
+	}
+	if len(want) != 0 {
+		t.Errorf("steps missing: %v", want)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "vouch.db")); err != nil {
+		t.Errorf("--data directory not kept: %v", err)
+	}
+	if !strings.Contains(out.String(), "agent id urn:ietf:params:oauth:ckt:sha-256:") {
+		t.Errorf("narration lacks the agent id:\n%s", out.String())
+	}
+}
