@@ -91,6 +91,10 @@ func NewAgent(t *TPM) (*Agent, error) {
 		}
 		a.signer = &tpmSigner{agent: a, s: s}
 		a.akPub, a.pub = a.ak.PublicKey(), a.key.PublicKey()
+		if t.agents == nil {
+			t.agents = map[*Agent]struct{}{}
+		}
+		t.agents[a] = struct{}{}
 		return nil
 	})
 	if err != nil {
@@ -120,9 +124,7 @@ func (a *Agent) Close() error {
 		return nil
 	}
 	a.closed = true
-	if a.tpm.closed {
-		return errors.New("agent: the TPM was closed before the agent")
-	}
+	delete(a.tpm.agents, a)
 	a.closeKeys()
 	return nil
 }

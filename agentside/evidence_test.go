@@ -151,6 +151,22 @@ func TestEvidenceErrors(t *testing.T) {
 			t.Errorf("Evidence without a workload = %v", err)
 		}
 	})
+	t.Run("tpm closed first", func(t *testing.T) {
+		tpm := openSim(t, "")
+		a, err := NewAgent(tpm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tpm.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Close(); err != nil {
+			t.Errorf("Agent.Close after TPM.Close = %v", err)
+		}
+		if _, err := a.Evidence(nonce, req); err == nil || !strings.Contains(err.Error(), "closed") {
+			t.Errorf("Evidence after TPM.Close = %v", err)
+		}
+	})
 	_, agent := bootedAgent(t, "rhel8-uefi.bin", Workload{ImageRef: "r", ImageDigest: testDigest})
 	tests := []struct {
 		name  string

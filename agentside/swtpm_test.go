@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"os/exec"
 	"strconv"
@@ -14,8 +16,10 @@ import (
 
 	"github.com/GoogleCloudPlatform/confidential-space/server/extract"
 	gattest "github.com/google/go-attestation/attest"
+	"github.com/google/go-tpm-tools/client"
 	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
 	"github.com/google/go-tpm-tools/server"
+	legacytpm2 "github.com/google/go-tpm/legacy/tpm2"
 
 	"github.com/vouch-dev/vouch/attest"
 )
@@ -138,6 +142,30 @@ func TestSWTPMEvidence(t *testing.T) {
 	}
 	if err := tpm2.Boot(log); !errors.Is(err, ErrUnreplayable) || !strings.Contains(err.Error(), "already extended") {
 		t.Errorf("second Boot on the same swtpm = %v, want a not-fresh refusal", err)
+	}
+
+	// Closing the TPM with an agent still open flushes the agent's key:
+	// swtpm keeps transient objects after the connection ends.
+	if _, err := NewAgent(tpm2); err != nil {
+		t.Fatal(err)
+	}
+	if err := tpm2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	tpm3, err := Open(ctx, spec, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm3.Close()
+	err = tpm3.do(func(rw io.ReadWriter) error {
+		hs, err := client.Handles(rw, legacytpm2.HandleTypeTransient)
+		if err == nil && len(hs) != 0 {
+			err = fmt.Errorf("%d transient objects left in swtpm: %x", len(hs), hs)
+		}
+		return err
+	})
+	if err != nil {
+		t.Error(err)
 	}
 }
 

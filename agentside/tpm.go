@@ -106,6 +106,8 @@ type TPM struct {
 	booted      bool      // Boot ran (simulator)
 	cel         gecel.CEL // workload measurements, nil until MeasureWorkload
 	celBytes    []byte
+
+	agents map[*Agent]struct{} // open agents, flushed on Close
 }
 
 // Open opens the TPM that spec names. For "sim" it blocks while another
@@ -184,13 +186,19 @@ func (t *TPM) Simulated() bool { return t.kind == kindSimulator }
 // before it can attest.
 func (t *TPM) Firmwareless() bool { return t.kind == kindSimulator || t.kind == kindSWTPM }
 
-// Close closes the TPM. Close the agents on it first.
+// Close flushes the keys of agents still open on the TPM (swtpm and real
+// TPMs keep transient objects after the connection ends) and closes it.
 func (t *TPM) Close() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
 		return nil
 	}
+	for a := range t.agents {
+		a.closeKeys()
+		a.closed = true
+	}
+	t.agents = nil
 	t.closed = true
 	err := t.rwc.Close()
 	t.rwc = nil
