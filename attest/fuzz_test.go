@@ -121,3 +121,44 @@ func FuzzDecodeKeySet(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCredentialPayload signs each input as a credential payload with the
+// trusted key, so that claims decoding — unreachable for FuzzVerifyCredential
+// behind the signature — is fuzzed too.
+func FuzzCredentialPayload(f *testing.F) {
+	is, ag := newIssuer(f), newAgent(f)
+	f.Add(mustMarshal(f, claimsFor(ag, testNow)))
+	f.Add([]byte{0xa1, 0x08, 0xa1, 0x01, 0xa3, 0x01, 0x02, 0x20, 0x01, 0x21, 0x40})
+	opts := CredentialOptions{Audience: []string{testAudience}, Now: fixed(testNow)}
+	hdr := cose.ProtectedHeader{cose.HeaderLabelKeyID: is.kid}
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		if len(payload) > MaxCredentialSize-200 {
+			return
+		}
+		raw := signRaw(t, is.key, cose.AlgorithmES256, hdr, nil, payload)
+		c, err := VerifyCredential(raw, is.keys, opts)
+		mustTyped(t, "VerifyCredential", err)
+		if err == nil {
+			if _, err := ECDSAPublic(c.Confirm.Key); err != nil {
+				t.Fatalf("accepted a credential whose cnf key is unusable: %v", err)
+			}
+		}
+	})
+}
+
+// FuzzPoPPayload signs each input as a proof payload with the cnf key.
+func FuzzPoPPayload(f *testing.F) {
+	ag := newAgent(f)
+	pc, _ := NewPoPClaims("GET", testTarget, nil, []byte("c"), testNow)
+	f.Add(mustMarshal(f, pc))
+	hdr := cose.ProtectedHeader{cose.HeaderLabelContentType: PoPContentType}
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		if len(payload) > MaxPoPSize-200 {
+			return
+		}
+		raw := signRaw(t, ag.key, cose.AlgorithmES256, hdr, nil, payload)
+		v := NewPoPVerifier(PoPOptions{Now: fixed(testNow), CacheSize: 16})
+		_, err := v.Verify(raw, &ag.key.PublicKey, "GET", testTarget, nil, []byte("c"))
+		mustTyped(t, "PoPVerifier.Verify", err)
+	})
+}

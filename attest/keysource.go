@@ -48,8 +48,9 @@ const (
 
 // RemoteKeysOptions configure a [RemoteKeys] source.
 type RemoteKeysOptions struct {
-	// URL of the verifier's key set, e.g. "https://vouchd.example/v1/keys".
-	// Required; must be https unless it is a loopback address.
+	// URL of the verifier's key set, e.g. "https://vouchd.example/v1/keys";
+	// a URL without a path gets /v1/keys. Required; must be https unless the
+	// host is a loopback address.
 	URL string
 	// Client makes the requests; default a client with no redirects and a
 	// Timeout of Timeout.
@@ -95,6 +96,9 @@ func NewRemoteKeys(opts RemoteKeysOptions) (*RemoteKeys, error) {
 	u, err := url.Parse(opts.URL)
 	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
 		return nil, fmt.Errorf("remote keys: URL %q is not an absolute http(s) URL", opts.URL)
+	}
+	if u.Path == "" || u.Path == "/" {
+		u.Path = "/v1/keys"
 	}
 	if u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
 		return nil, fmt.Errorf("remote keys: URL %q must use https (plain http is allowed for loopback only)", opts.URL)

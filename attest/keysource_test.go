@@ -176,6 +176,9 @@ func TestRemoteKeysContextCancelled(t *testing.T) {
 	defer srv.Close()
 	defer close(block)
 	src, _ := NewRemoteKeys(RemoteKeysOptions{URL: srv.URL})
+	if src.url != srv.URL+"/v1/keys" {
+		t.Fatalf("URL without path became %q", src.url)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	_, err := src.KeySet(ctx)

@@ -46,6 +46,7 @@ type MiddlewareOptions struct {
 	// (e.g. checks c.Scope). A non-nil error refuses with 403; an *Error's
 	// Reason and Detail are shown to the client, any other error's text is
 	// not (it is logged), and the reason is ReasonScopeInsufficient.
+	// Authorize must not consume r.Body: the handler reads it next.
 	Authorize func(ctx context.Context, c *Claims, r *http.Request) error
 	// Logger receives one record per refusal, with internal causes. Default:
 	// no logging.
