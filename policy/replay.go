@@ -81,7 +81,7 @@ func ReplayEventLog(raw []byte) (Replay, error) {
 		for _, ev := range el.Events(alg) {
 			idx := int(ev.MRIndex())
 			data := ev.RawData()
-			if ev.UntrustedType() == tcg.NoAction {
+			if ev.Type == tcg.NoAction {
 				if idx == 0 && len(data) == 17 && strings.HasPrefix(string(data), "StartupLocality") {
 					locality = data[16]
 				}
@@ -95,7 +95,7 @@ func ReplayEventLog(raw []byte) (Replay, error) {
 				return nil, fmt.Errorf("event %d: %s digest is %d bytes, want %d", ev.Num(), name, len(d), h.Size())
 			}
 			cur, seen := pcrs[idx]
-			if ev.UntrustedType() == tcg.EFIHCRTMEvent {
+			if ev.Type == tcg.EFIHCRTMEvent {
 				cur = append(bytes.Repeat([]byte{0}, h.Size()-1), 4)
 			} else if !seen {
 				cur = make([]byte, h.Size())

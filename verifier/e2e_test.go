@@ -278,6 +278,15 @@ func TestRefusals(t *testing.T) {
 			att.EventLog = tamper.Remove(att.EventLog, sep)
 			setTPM(ev, att)
 		}, attest.ReasonEventLogReplay},
+		{"firmware event type unknown to the parser", func(ev *attest.Evidence) {
+			att, evs := events(ev)
+			app, ok := tamper.Find(evs, 4, evBootApp)
+			if !ok {
+				t.Fatal("no boot application event")
+			}
+			att.EventLog = tamper.SetType(att.EventLog, app, 0x30303030)
+			setTPM(ev, att)
+		}, attest.ReasonEventLogMalformed},
 		{"firmware log missing", func(ev *attest.Evidence) {
 			att, _ := events(ev)
 			att.EventLog = nil

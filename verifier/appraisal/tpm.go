@@ -151,7 +151,7 @@ func (p *Pipeline) verifyQuote(refs *policy.RefSet, o *Outcome) error {
 		key := replayKey(cand, q.GetPcrs(), logDigest[:], att.GetAkCert())
 		r, ok := p.replays.Get(key)
 		if !ok {
-			ms, err := server.VerifyAttestation(att, toServerOpts(cand, o.Binding, o.AK.Public))
+			ms, err := verifyAttestation(att, toServerOpts(cand, o.Binding, o.AK.Public))
 			if err != nil {
 				err = classifyLogError(cand, err)
 			}
@@ -174,6 +174,19 @@ func (p *Pipeline) verifyQuote(refs *policy.RefSet, o *Outcome) error {
 		return vattest.Errorf(vattest.ReasonQuoteInvalid, "the evidence has no quote of a bank this verifier's reference profiles use (sha256, or one a profile names)")
 	}
 	return firstErr
+}
+
+// verifyAttestation calls go-tpm-tools' VerifyAttestation, turning a panic
+// into an error: go-eventlog panics on event types it does not know
+// (tcg.Event.UntrustedType), and event types are not covered by the PCR
+// replay, so an enrolled but compromised machine could send one.
+func verifyAttestation(att *attest.Attestation, opts server.VerifyOpts) (ms *attest.MachineState, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			ms, err = nil, vattest.Errorf(vattest.ReasonEventLogMalformed, "the firmware event log parser failed on this log (%v); an event has a type the parser does not know", p)
+		}
+	}()
+	return server.VerifyAttestation(att, opts)
 }
 
 // replayResult is the outcome of replaying one firmware log against one set
@@ -215,6 +228,10 @@ func replayKey(v policy.VerifyOptions, pcrs *tpmpb.PCRs, logDigest, akCert []byt
 // itself verified) to a reason. go-tpm-tools wraps go-eventlog's errors with
 // %v, so the text is all there is; TestLogErrorClassification pins it.
 func classifyLogError(v policy.VerifyOptions, err error) error {
+	var ve *vattest.Error
+	if errors.As(err, &ve) {
+		return err
+	}
 	msg := err.Error()
 	switch {
 	case strings.Contains(msg, "failed to replay event log"), strings.Contains(msg, "failed to verify"):

@@ -111,3 +111,11 @@ func Find(events []Event, pcr, typ uint32) (Event, bool) {
 	}
 	return Event{}, false
 }
+
+// SetType returns a copy of log with the event's type replaced. The type is
+// not measured, so the log still replays to the same PCRs.
+func SetType(log []byte, e Event, typ uint32) []byte {
+	out := bytes.Clone(log)
+	binary.LittleEndian.PutUint32(out[e.Start+4:], typ)
+	return out
+}
