@@ -22,16 +22,14 @@ import (
 	legacytpm2 "github.com/google/go-tpm/legacy/tpm2"
 
 	"github.com/vouch-dev/vouch/attest"
+	"github.com/vouch-dev/vouch/internal/testenv"
 )
 
 // startSWTPM runs swtpm (libtpms, a TPM nobody here wrote) on a free
 // loopback port and returns its spec. It skips the test without swtpm.
 func startSWTPM(t *testing.T) string {
 	t.Helper()
-	bin, err := exec.LookPath("swtpm")
-	if err != nil {
-		t.Skip("swtpm is not installed")
-	}
+	bin := testenv.LookTool(t, "swtpm", "swtpm")
 	var port int
 	for range 10 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
