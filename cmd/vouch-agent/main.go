@@ -143,6 +143,6 @@ Exit codes: 0 success, 1 error, 2 usage error, 3 the verifier refused.`,
 	}
 	cliconf.AddFlags(root.PersistentFlags())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(a.attestCmd(), a.akCmd())
+	root.AddCommand(a.attestCmd(), a.akCmd(), a.quoteCmd())
 	return root
 }
