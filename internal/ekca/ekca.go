@@ -72,9 +72,9 @@ type Options struct {
 	// Manufacturer, Model, Version go into the SAN directoryName (TPM
 	// manufacturer "id:XXXXXXXX", model, firmware "id:XXXXXXXX").
 	Manufacturer, Model, Version string
-	NoAKI          bool // omit the authority key identifier
-	NoEKU          bool // omit the TCG EK extended key usage
-	NegativeSerial bool // encode a negative serial number (Go's parser refuses it)
+	NoAKI                        bool // omit the authority key identifier
+	NoEKU                        bool // omit the TCG EK extended key usage
+	NegativeSerial               bool // encode a negative serial number (Go's parser refuses it)
 	// TrailingFF pads the DER with 0xFF bytes, as an NV index larger than
 	// the certificate reads back.
 	TrailingFF int
