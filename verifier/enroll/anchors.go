@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -255,4 +256,28 @@ func (a *Anchors) verifyWith(ek *EKCert, candidates []*x509.Certificate, inter *
 		return nil, attest.Errorf(attest.ReasonEKCertUntrusted, "the EK certificate's issuer %q is not among the configured EK roots (--ek-roots) nor the intermediates the TPM holds", ek.Issuer.String())
 	}
 	return nil, attest.Errorf(attest.ReasonEKCertUntrusted, "the EK certificate does not chain to a configured EK root: %v", lastErr)
+}
+
+// LoadAllowlist reads an EK allowlist: one hex SHA-256 digest of an EK
+// SubjectPublicKeyInfo per line (as vouch-agent enroll --print-ek prints);
+// blank lines and # comments are ignored.
+func LoadAllowlist(path string) (map[[32]byte]bool, error) {
+	b, err := readLimited(path, maxAnchorFile)
+	if err != nil {
+		return nil, err
+	}
+	out := map[[32]byte]bool{}
+	for i, line := range strings.Split(string(b), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		d, err := hex.DecodeString(line)
+		if err != nil || len(d) != 32 {
+			return nil, fmt.Errorf("%s:%d: want 64 hex digits (SHA-256 of an EK public key)", path, i+1)
+		}
+		out[[32]byte(d)] = true
+	}
+	return out, nil
 }
