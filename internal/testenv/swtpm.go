@@ -3,7 +3,9 @@ package testenv
 import (
 	"bytes"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -119,4 +121,44 @@ func waitListening(addr string, exited <-chan struct{}) bool {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return false
+}
+
+// SWTPMSetupCA is the local CA swtpm_setup --create-ek-cert used.
+type SWTPMSetupCA struct {
+	RootCert   string // PEM file of swtpm-localca's root CA
+	IssuerCert string // PEM file of the intermediate that signed the EK certificates
+}
+
+// SWTPMSetup manufactures a TPM state in stateDir with swtpm_setup (package
+// swtpm-tools): EKs with certificates from a local CA created in a fresh
+// directory (swtpm_localca), RSA 2048 at NV 0x01c00002 and, with ecc, ECC
+// P-384 at 0x01c00016. Start swtpm on stateDir afterwards.
+func SWTPMSetup(t testing.TB, stateDir string, ecc bool) *SWTPMSetupCA {
+	t.Helper()
+	setup := LookTool(t, "swtpm_setup", "swtpm-tools")
+	localca := LookTool(t, "swtpm_localca", "swtpm-tools")
+	dir := t.TempDir()
+	caDir := filepath.Join(dir, "ca")
+	files := map[string]string{
+		"localca.conf": "statedir = " + caDir + "\nsigningkey = " + caDir + "/signkey.pem\nissuercert = " + caDir + "/issuercert.pem\ncertserial = " + caDir + "/certserial\n",
+		"localca.options": "--platform-manufacturer Vouch\n--platform-version 1.0\n--platform-model test\n",
+		"setup.conf": "create_certs_tool = " + localca + "\ncreate_certs_tool_config = " + filepath.Join(dir, "localca.conf") +
+			"\ncreate_certs_tool_options = " + filepath.Join(dir, "localca.options") + "\n",
+	}
+	if err := os.MkdirAll(caDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	args := []string{"--tpm2", "--tpmstate", stateDir, "--create-ek-cert", "--config", filepath.Join(dir, "setup.conf"), "--overwrite", "--pcr-banks", "sha1,sha256"}
+	if ecc {
+		args = append(args, "--ecc")
+	}
+	if out, err := exec.Command(setup, args...).CombinedOutput(); err != nil {
+		t.Fatalf("swtpm_setup: %v\n%s", err, out)
+	}
+	return &SWTPMSetupCA{RootCert: filepath.Join(caDir, "swtpm-localca-rootca-cert.pem"), IssuerCert: filepath.Join(caDir, "issuercert.pem")}
 }
