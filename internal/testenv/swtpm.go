@@ -140,7 +140,7 @@ func SWTPMSetup(t testing.TB, stateDir string, ecc bool) *SWTPMSetupCA {
 	dir := t.TempDir()
 	caDir := filepath.Join(dir, "ca")
 	files := map[string]string{
-		"localca.conf": "statedir = " + caDir + "\nsigningkey = " + caDir + "/signkey.pem\nissuercert = " + caDir + "/issuercert.pem\ncertserial = " + caDir + "/certserial\n",
+		"localca.conf":    "statedir = " + caDir + "\nsigningkey = " + caDir + "/signkey.pem\nissuercert = " + caDir + "/issuercert.pem\ncertserial = " + caDir + "/certserial\n",
 		"localca.options": "--platform-manufacturer Vouch\n--platform-version 1.0\n--platform-model test\n",
 		"setup.conf": "create_certs_tool = " + localca + "\ncreate_certs_tool_config = " + filepath.Join(dir, "localca.conf") +
 			"\ncreate_certs_tool_options = " + filepath.Join(dir, "localca.options") + "\n",
