@@ -2,9 +2,12 @@ package verifier_test
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"log/slog"
+	"math/big"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -337,6 +340,39 @@ func TestEnrollModes(t *testing.T) {
 			t.Fatalf("Enroll of an allowlisted EK = %+v, %v", res, err)
 		}
 	})
+}
+
+// TestEnrollAKCert: a cloud vTPM's AK certificate chaining to a configured
+// AK root enrolls the AK without activation; from another CA it is refused.
+func TestEnrollAKCert(t *testing.T) {
+	root, _ := testCA(t)
+	untrusted, err := ekca.Load(ekcaDir, "untrusted-root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnrollEnv(t, enrollSetup{akRoots: []*x509.Certificate{root.Cert}})
+	pub, err := e.tpm.AKPublic()
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(ca *ekca.CA) []byte {
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "instance-1 AK"},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der
+	}
+	ctx := context.Background()
+	if _, err := e.tpm.Enroll(ctx, e.client, agentside.EnrollOptions{AKCert: issue(untrusted)}); reasonOf(err) != attest.ReasonAKCertUntrusted {
+		t.Errorf("AK certificate from another CA = %v", err)
+	}
+	res, err := e.tpm.Enroll(ctx, e.client, agentside.EnrollOptions{AKCert: issue(root)})
+	if err != nil || res.Method != attest.EnrollMethodAKCert {
+		t.Fatalf("Enroll with an AK certificate = %+v, %v", res, err)
+	}
+	attestOnce(t, e, bootLog)
 }
 
 // newEnrollEnvSameTPM is a second verifier for the TPM of e.

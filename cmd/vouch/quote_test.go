@@ -2,6 +2,9 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"crypto"
+	"encoding/hex"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -9,7 +12,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/vouch-dev/vouch/agentside"
 	"github.com/vouch-dev/vouch/internal/testenv"
+	"github.com/vouch-dev/vouch/internal/tpm2tools"
 )
 
 // tools runs tpm2-tools commands against one swtpm, flushing transient
@@ -147,5 +154,71 @@ func TestQuoteVerifyTPM2Tools(t *testing.T) {
 				t.Errorf("verify = %v (output %q), want an error containing %q", err, out, c.want)
 			}
 		})
+	}
+}
+
+// TestQuoteMatchesEventlogReplay: a quote of swtpm after replaying a real
+// firmware log verifies with `vouch quote verify`, and its PCRs 0-9 are
+// what `vouch eventlog replay` computes from that log; another log's replay
+// differs from the quote (the check a verifier makes).
+func TestQuoteMatchesEventlogReplay(t *testing.T) {
+	sw := testenv.StartSWTPM(t, "")
+	ctx := context.Background()
+	tpm, err := agentside.Open(ctx, sw.Spec, agentside.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tpm.Close()
+	logFile := "../../testdata/eventlogs/rhel8-uefi.bin"
+	raw, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tpm.Boot(raw); err != nil {
+		t.Fatal(err)
+	}
+	nonce := []byte("fresh nonce 0123")
+	q, err := tpm.Quote(nonce, crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	tss, err := tpm2tools.MarshalAKPublicTSS(q.AKPublic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := tpm2tools.Bank{Hash: tpm2.TPMAlgSHA256}
+	for i := range 24 {
+		b.PCRs, b.Values = append(b.PCRs, i), append(b.Values, q.PCRs[i])
+	}
+	pcrs, err := tpm2tools.MarshalPCRs([]tpm2tools.Bank{b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{"ak.pub": tss, "q.msg": q.Message, "q.sig": q.Signature, "q.pcrs": pcrs} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := runVouch(t, "quote", "verify", "--json", "--ak-pub", filepath.Join(dir, "ak.pub"), "--msg", filepath.Join(dir, "q.msg"),
+		"--sig", filepath.Join(dir, "q.sig"), "--pcrs", filepath.Join(dir, "q.pcrs"), "--nonce", hex.EncodeToString(nonce))
+	if err != nil {
+		t.Fatalf("quote verify: %v", err)
+	}
+	var res struct {
+		PCRs map[string]map[string]string `json:"pcrs"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatal(err)
+	}
+	replayed := replayOf(t, logFile)["sha256"]
+	for idx, v := range replayed {
+		if res.PCRs["sha256"][idx] != v {
+			t.Errorf("PCR %s: quoted %s, replayed %s", idx, res.PCRs["sha256"][idx], v)
+		}
+	}
+	other := replayOf(t, "../../testdata/eventlogs/ubuntu-2404-amd-sevsnp.bin")["sha256"]
+	if other["0"] == res.PCRs["sha256"]["0"] && other["4"] == res.PCRs["sha256"]["4"] {
+		t.Error("another machine's log replays to the quoted PCRs")
 	}
 }
