@@ -26,6 +26,7 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("POST /v1/challenge", s.instrument("challenge", s.handleChallenge))
 	mux.Handle("POST /v1/attest", s.instrument("attest", s.handleAttest))
 	mux.Handle("GET /v1/keys", s.instrument("keys", s.handleKeys))
+	s.enroll.Register(mux, s.instrument)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok\n")

@@ -10,6 +10,8 @@
 //	POST /v1/attest      ← application/vnd.vouch.evidence+cbor
 //	                     → 200 application/cwt (the credential)
 //	GET  /v1/keys        → 200 application/cose-key-set
+//	POST /v1/enroll      → 201 activation challenge (package verifier/enroll)
+//	POST /v1/enroll/activate → 201 enrollment
 //	GET  /healthz        → 200 while the process serves
 //	GET  /readyz         → 200 when the database answers and keys are loaded
 //	GET  /metrics        → Prometheus text format
@@ -31,6 +33,8 @@ import (
 
 	"github.com/vouch-dev/vouch/policy"
 	"github.com/vouch-dev/vouch/verifier/appraisal"
+	"github.com/vouch-dev/vouch/verifier/audit"
+	"github.com/vouch-dev/vouch/verifier/enroll"
 	"github.com/vouch-dev/vouch/verifier/issuer"
 	"github.com/vouch-dev/vouch/verifier/store"
 )
@@ -83,6 +87,12 @@ type Config struct {
 	Registry *prometheus.Registry
 	// Now returns the current time; time.Now when nil. Tests move it.
 	Now func() time.Time
+	// Enrollment configures enrollment by credential activation (EK roots,
+	// EK allowlist, AK roots); New fills in its Store, Audit, Log, Build
+	// and Now. The zero value refuses every enrollment request.
+	Enrollment enroll.Options
+	// Audit receives audit records; nil = not recorded yet.
+	Audit audit.Log
 }
 
 // Server is a running verifier.
@@ -92,6 +102,7 @@ type Server struct {
 	store    *store.Store
 	keys     *issuer.Keys
 	pipeline *appraisal.Pipeline
+	enroll   *enroll.Service
 	metrics  *metrics
 	handler  http.Handler
 }
@@ -150,6 +161,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Observe:      s.metrics.observeStep,
 	})
 	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	eo := cfg.Enrollment
+	eo.Store, eo.Audit, eo.Log, eo.Build, eo.Now = st, cfg.Audit, cfg.Logger, cfg.Build, cfg.Now
+	if s.enroll, err = enroll.New(eo); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -212,6 +229,9 @@ func (s *Server) pruneLoop(ctx context.Context) {
 				s.log.Warn("pruning nonces", "err", err)
 			} else if n > 0 {
 				s.log.Debug("pruned nonces", "count", n)
+			}
+			if _, err := s.store.PruneEnrollChallenges(ctx, s.cfg.Now().Add(-time.Hour)); err != nil {
+				s.log.Warn("pruning enrollment challenges", "err", err)
 			}
 		}
 	}

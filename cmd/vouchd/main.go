@@ -25,6 +25,7 @@ import (
 	"github.com/vouch-dev/vouch/internal/version"
 	"github.com/vouch-dev/vouch/policy"
 	"github.com/vouch-dev/vouch/verifier"
+	"github.com/vouch-dev/vouch/verifier/enroll"
 )
 
 func main() {
@@ -39,6 +40,8 @@ type options struct {
 	credTTL, nonceTTL          time.Duration
 	allowWarning               bool
 	tlsCert, tlsKey            string
+	ekRoots, akRoots, ekAllow  string
+	ekFetchIssuers             bool
 }
 
 func newRoot() *cobra.Command {
@@ -85,6 +88,10 @@ beyond loopback.`,
 	f.BoolVar(&o.allowWarning, "allow-warning", false, "also issue credentials when the appraisal status is warning")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate chain for HTTPS")
 	f.StringVar(&o.tlsKey, "tls-key", "", "PEM private key for HTTPS")
+	f.StringVar(&o.ekRoots, "ek-roots", "", "directory of TPM manufacturers' EK CA certificates (PEM/DER); enables enrollment by EK certificate and credential activation (POST /v1/enroll)")
+	f.StringVar(&o.ekAllow, "ek-allowlist", "", "file of EK public key digests (hex SHA-256 of the SubjectPublicKeyInfo, one per line, # comments) of TPMs without EK certificates that may enroll")
+	f.StringVar(&o.akRoots, "ak-roots", "", "directory of cloud providers' AK CA certificates; AKs with certificates chaining to them enroll without activation (vTPMs)")
+	f.BoolVar(&o.ekFetchIssuers, "ek-fetch-issuers", false, "fetch a missing EK certificate issuer from its AIA URL (the verifier then makes outbound HTTP requests to URLs found in TPM certificates)")
 	return cmd
 }
 
@@ -101,7 +108,12 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	eo, err := enrollOptions(o, log)
+	if err != nil {
+		return err
+	}
 	srv, err := verifier.New(ctx, verifier.Config{
+		Enrollment:    eo,
 		DataDir:       o.data,
 		Refs:          verifier.NewRefHolder(refs),
 		Issuer:        o.issuer,
@@ -138,6 +150,35 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	log.Info("vouchd stopped")
 	return nil
+}
+
+// enrollOptions loads the enrollment trust anchors the flags name.
+func enrollOptions(o options, log *slog.Logger) (enroll.Options, error) {
+	var eo enroll.Options
+	var err error
+	if o.ekRoots != "" {
+		if eo.EKRoots, err = enroll.LoadAnchors(o.ekRoots); err != nil {
+			return eo, fmt.Errorf("--ek-roots: %w", err)
+		}
+		log.Info("enrollment by EK certificate enabled", "ek_roots", o.ekRoots, "certificates", eo.EKRoots.Len())
+	}
+	if o.akRoots != "" {
+		if eo.AKRoots, err = enroll.LoadAnchors(o.akRoots); err != nil {
+			return eo, fmt.Errorf("--ak-roots: %w", err)
+		}
+	}
+	if o.ekAllow != "" {
+		if eo.EKAllowlist, err = enroll.LoadAllowlist(o.ekAllow); err != nil {
+			return eo, fmt.Errorf("--ek-allowlist: %w", err)
+		}
+	}
+	if o.ekFetchIssuers {
+		eo.FetchIssuer = enroll.HTTPFetcher(nil)
+	}
+	if eo.EKRoots == nil && eo.AKRoots == nil && eo.EKAllowlist == nil {
+		log.Warn("no --ek-roots, --ek-allowlist or --ak-roots: AKs can only be enrolled by an operator (vouch agents enroll)")
+	}
+	return eo, nil
 }
 
 func isLoopback(host string) bool {
