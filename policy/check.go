@@ -111,9 +111,6 @@ func Check(refs *RefSet, eventLog, celLog []byte, opts CheckOptions) (*Report, e
 	} else {
 		rep.Profile, rep.Findings, rep.Events, rep.Status = res.Profile.Name, res.Findings, res.Events, res.Status()
 	}
-	if rep.StateError != "" && rep.Status == attest.StatusAffirming {
-		rep.Status = attest.StatusWarning
-	}
 	if len(celLog) > 0 {
 		w, err := ParseWorkloadCEL(celLog)
 		if err != nil {

@@ -24,13 +24,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/vouch-dev/vouch/policy"
 	"github.com/vouch-dev/vouch/verifier/appraisal"
+	"github.com/vouch-dev/vouch/verifier/audit"
 	"github.com/vouch-dev/vouch/verifier/issuer"
 	"github.com/vouch-dev/vouch/verifier/store"
 )
@@ -71,6 +70,9 @@ type Config struct {
 	Registry *prometheus.Registry
 	// Now returns the current time; time.Now when nil. Tests move it.
 	Now func() time.Time
+	// Audit, if set, receives the records of configuration changes
+	// (reference-value reloads); the audit work makes it mandatory.
+	Audit audit.Log
 }
 
 // Server is a running verifier.
@@ -129,6 +131,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("verifier: %w", err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, store: st, keys: keys, metrics: newMetrics(cfg.Registry)}
+	s.metrics.setRefs(cfg.Refs.Refs().ID())
 	s.pipeline, err = appraisal.New(appraisal.Options{
 		Nonces:       st,
 		AKs:          st,
@@ -204,22 +207,3 @@ func (s *Server) pruneLoop(ctx context.Context) {
 		}
 	}
 }
-
-// RefHolder holds the reference values in force and swaps them atomically
-// on reload, so that each appraisal sees one consistent set.
-type RefHolder struct {
-	cur atomic.Pointer[policy.RefSet]
-}
-
-// NewRefHolder returns a holder serving refs.
-func NewRefHolder(refs *policy.RefSet) *RefHolder {
-	h := &RefHolder{}
-	h.cur.Store(refs)
-	return h
-}
-
-// Refs returns the set in force.
-func (h *RefHolder) Refs() *policy.RefSet { return h.cur.Load() }
-
-// Set replaces the set in force.
-func (h *RefHolder) Set(refs *policy.RefSet) { h.cur.Store(refs) }
