@@ -78,6 +78,8 @@ type bootAppraiser struct {
 	c       *compiledProfile
 	b       *BootFacts
 	detail  bool
+	quiet   bool // count findings without formatting them (profile search)
+	limit   int  // with quiet, stop after this many findings (0: no limit)
 	res     *BootResult
 	golden  [24]int8 // 0: no golden value, 1: matches, -1: differs
 	sbFinds map[string][]int
@@ -98,7 +100,11 @@ func (a *bootAppraiser) unrec(claim string) int8 {
 }
 
 func (a *bootAppraiser) find(r attest.Reason, claim string, v int8, format string, args ...any) int {
-	a.res.Findings = append(a.res.Findings, Finding{Reason: r, Claim: claim, Value: v, Detail: fmt.Sprintf(format, args...)})
+	f := Finding{Reason: r, Claim: claim, Value: v}
+	if !a.quiet {
+		f.Detail = fmt.Sprintf(format, args...)
+	}
+	a.res.Findings = append(a.res.Findings, f)
 	return len(a.res.Findings) - 1
 }
 
@@ -136,9 +142,14 @@ func (a *bootAppraiser) run() {
 	}
 	a.secureBoot(idx)
 	for i := range a.b.Events {
+		if a.quiet && a.limit > 0 && len(a.res.Findings) > a.limit {
+			return // already worse than a profile seen before
+		}
 		a.event(&a.b.Events[i], idx)
 	}
-	a.res.Findings = mergeFindings(a.res.Findings)
+	if !a.quiet {
+		a.res.Findings = mergeFindings(a.res.Findings)
+	}
 }
 
 func (a *bootAppraiser) record(e *BootEvent, result, by, expected string, reason attest.Reason) {
@@ -426,17 +437,26 @@ func bestBoot(refs *RefSet, b *BootFacts, used VerifyOptions, detail bool) (*Boo
 		}
 		sort.SliceStable(cands, func(x, y int) bool { return hits[cands[x]] > hits[cands[y]] })
 	}
+	// Search quietly (findings counted, not formatted, and a profile
+	// abandoned once it is worse than the best so far), then appraise the
+	// chosen profile in full.
 	var best *BootResult
+	var bestIdx int
 	for _, i := range cands {
-		r := AppraiseBoot(refs, &refs.Profiles[i], b, detail)
-		if len(r.Findings) == 0 {
-			return r, len(cands)
+		a := &bootAppraiser{refs: refs, p: &refs.Profiles[i], c: refs.Profiles[i].compiled(), b: b, quiet: true, res: &BootResult{Profile: &refs.Profiles[i]}}
+		if best != nil {
+			a.limit = len(best.Findings)
 		}
-		if best == nil || betterThan(r, best) {
-			best = r
+		a.run()
+		if len(a.res.Findings) == 0 {
+			best, bestIdx = a.res, i
+			break
+		}
+		if best == nil || betterThan(a.res, best) {
+			best, bestIdx = a.res, i
 		}
 	}
-	return best, len(cands)
+	return AppraiseBoot(refs, &refs.Profiles[bestIdx], b, detail), len(cands)
 }
 
 func betterThan(a, b *BootResult) bool {

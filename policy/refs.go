@@ -330,3 +330,6 @@ func MarshalRefs(w io.Writer, d RefDoc) error {
 func MarshalProfileYAML(w io.Writer, p Profile, images []Image) error {
 	return MarshalRefs(w, RefDoc{Profiles: []Profile{p}, Images: images})
 }
+
+// String returns lowercase hex.
+func (h HexBytes) String() string { return hex.EncodeToString(h) }
