@@ -181,7 +181,10 @@ func (a *bootAppraiser) event(e *BootEvent, idx *refIndex) {
 		a.record(e, ResultMismatch, "deny", "not on the deny list", attest.ReasonRefsDenied)
 		return
 	}
-	g := a.golden[e.PCR]
+	var g int8
+	if e.PCR >= 0 && e.PCR < len(a.golden) {
+		g = a.golden[e.PCR]
+	}
 	switch {
 	case g > 0:
 		a.record(e, ResultMatch, "pcr", "", "")

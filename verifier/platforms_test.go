@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -296,5 +297,97 @@ func TestRealPlatforms(t *testing.T) {
 	}
 	if covered < 10 {
 		t.Fatalf("only %d real platforms attested end to end", covered)
+	}
+}
+
+// TestOfflinePlatforms applies the attacks to the real logs the simulator
+// cannot replay, and checks them offline (vouch refs check) against the
+// shipped set: the attack's reason is among the findings.
+func TestOfflinePlatforms(t *testing.T) {
+	refs, err := firmwarerefs.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := slices.Concat(mutations, []mutation{{
+		name:    "firmware changed",
+		applies: func(b *policy.BootFacts) bool { return hasClass(b, policy.ClassFirmware) },
+		mutate: func(t *testing.T, log []byte) []byte {
+			for _, e := range parseLog(t, log) {
+				if !e.HeaderEvent && e.PCR == 0 && (e.Type == 0x80000008 || e.Type == 0x80000010 || e.Type == 0x11 || e.Type == 0x1 || e.Type == 0x7) {
+					return tamper.SetDigests(log, e, func(_ uint16, old []byte) []byte { d := bytes.Clone(old); d[0] ^= 1; return d })
+				}
+			}
+			return log
+		},
+		want: attest.ReasonRefsFirmware,
+	}})
+	for name := range unreplayable {
+		log, err := os.ReadFile("../testdata/eventlogs/" + name + ".bin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		v := policy.VerifyOptions{}
+		boot, _, err := policy.OfflineBoot(log, &v, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		applied := 0
+		for _, m := range all {
+			if !m.applies(boot) {
+				continue
+			}
+			applied++
+			t.Run(name+"/"+m.name, func(t *testing.T) {
+				rep, err := policy.Check(refs, m.mutate(t, log), nil, policy.CheckOptions{Profile: name})
+				if err != nil {
+					t.Fatal(err)
+				}
+				var reasons []attest.Reason
+				for _, f := range rep.Findings {
+					reasons = append(reasons, f.Reason)
+				}
+				if rep.Status != attest.StatusContraindicated || !slices.Contains(reasons, m.want) {
+					t.Fatalf("%s with %v, want contraindicated with %s", rep.StatusName, reasons, m.want)
+				}
+			})
+		}
+		if applied == 0 {
+			t.Errorf("%s: no attack applies", name)
+		}
+	}
+}
+
+// TestAKDenied puts the agent's AK on the threat-intelligence deny list: the
+// ak step refuses it although it is enrolled.
+func TestAKDenied(t *testing.T) {
+	shipped, err := firmwarerefs.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder := verifier.NewRefHolder(shipped)
+	srv, client := verifierOnLoopback(t, holder)
+	log, err := os.ReadFile(bootLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	agent, done := bootedAgent(t, srv, log)
+	defer done()
+	if _, err := agent.Attest(context.Background(), client, request); err != nil {
+		t.Fatalf("before the deny list: %v", err)
+	}
+	spki, _ := x509.MarshalPKIXPublicKey(agent.AKPublic())
+	d := sha256.Sum256(spki)
+	denied, err := policy.NewRefSet(shipped.Profiles, shipped.Images, policy.DenyList{AKs: policy.DigestList{{Digest: d[:], Note: "machine reported stolen"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder.Set(denied)
+	_, err = agent.Attest(context.Background(), client, request)
+	var pe *attest.ProblemError
+	if !errors.As(err, &pe) || pe.Problem.Reason != attest.ReasonAKDenied || !strings.Contains(pe.Problem.Detail, "machine reported stolen") {
+		t.Fatalf("denied AK: %v", err)
+	}
+	if ok, _ := holder.EKDenied(d[:]); ok {
+		t.Fatal("an AK entry denied an EK")
 	}
 }

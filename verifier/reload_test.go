@@ -97,7 +97,10 @@ func TestReloadUnderLoad(t *testing.T) {
 	defer cancel()
 	hup := make(chan os.Signal, 1)
 	watched := make(chan struct{})
-	go func() { srv.WatchRefs(ctx, verifier.WatchOptions{Dir: dir, Interval: 5 * time.Millisecond, Trigger: hup}); close(watched) }()
+	go func() {
+		srv.WatchRefs(ctx, verifier.WatchOptions{Dir: dir, Interval: 5 * time.Millisecond, Trigger: hup})
+		close(watched)
+	}()
 
 	var (
 		mu       sync.Mutex
