@@ -70,7 +70,15 @@ func Check(refs *RefSet, eventLog, celLog []byte, opts CheckOptions) (*Report, e
 	rep := &Report{RefSetID: refs.ID()}
 	var boot *BootFacts
 	var firstErr error
-	for _, cand := range refs.VerifyCandidates() {
+	cands := refs.VerifyCandidates()
+	if opts.Profile != "" {
+		p := refs.Profile(opts.Profile)
+		if p == nil {
+			return nil, fmt.Errorf("reference set %s has no profile %q", shortID(refs.ID()), opts.Profile)
+		}
+		cands = []VerifyOptions{p.Verify}
+	}
+	for _, cand := range cands {
 		v := cand
 		b, stateErr, err := OfflineBoot(eventLog, &v, false)
 		if err != nil {

@@ -154,7 +154,9 @@ func flatten(r *RefSet) map[string]map[string]map[string]string {
 				put(s, fmt.Sprintf("pcrs.%02d", idx), hex.EncodeToString(v), "")
 			}
 		}
-		put(s, "description", p.Description, "")
+		if p.Description != "" {
+			put(s, "description", p.Description, "")
+		}
 	}
 	for _, im := range r.Images {
 		v := im.Digest
