@@ -36,10 +36,10 @@ func main() {
 }
 
 type options struct {
-	listen, data, refs, issuer string
+	listen, data, refs, issuer  string
 	credTTL, nonceTTL, refsPoll time.Duration
-	allowWarning               bool
-	tlsCert, tlsKey            string
+	allowWarning                bool
+	tlsCert, tlsKey             string
 }
 
 func newRoot() *cobra.Command {
