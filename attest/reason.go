@@ -86,6 +86,22 @@ const (
 	ReasonRefsDenied      Reason = "refs-denied"       // a measured component is on a deny list
 	ReasonRefsNoProfile   Reason = "refs-no-profile"   // no reference profile matches this platform
 	ReasonAppraisalWarn   Reason = "appraisal-warning" // appraisal ended in "warning" and policy refuses warnings
+
+	ReasonRefsFirmware       Reason = "refs-firmware"        // platform firmware (S-CRTM version, firmware blob) is not allowed
+	ReasonRefsOptionROM      Reason = "refs-option-rom"      // an option ROM or adapter driver is not allowed
+	ReasonRefsEFIApp         Reason = "refs-efi-app"         // an EFI application (shim, boot loader) is not allowed
+	ReasonRefsKernel         Reason = "refs-kernel"          // a kernel, initrd or file the boot loader loaded is not allowed
+	ReasonRefsLoader         Reason = "refs-loader"          // a boot loader command is not allowed
+	ReasonRefsKernelCmdline  Reason = "refs-kernel-cmdline"  // the kernel command line breaks the profile's rules
+	ReasonRefsSBAuthority    Reason = "refs-sb-authority"    // PK, KEK, db or a verification authority holds an unexpected entry
+	ReasonRefsDBX            Reason = "refs-dbx"             // the dbx lacks revocations the profile or deny list requires
+	ReasonRefsWorkloadConfig Reason = "refs-workload-config" // the workload's arguments or environment break its image's rules
+)
+
+// Threat intelligence on TPM keys.
+const (
+	ReasonAKDenied Reason = "ak-denied" // the AK is on the reference set's deny list
+	ReasonEKDenied Reason = "ek-denied" // the EK is on the reference set's deny list (enrollment)
 )
 
 // Credential verification (relying party).

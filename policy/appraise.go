@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"bytes"
 	"encoding/hex"
 	"fmt"
 	"slices"
@@ -20,8 +19,12 @@ type Facts struct {
 	Verify VerifyOptions
 	// PCRs are the quoted values of the Verify.Bank bank, by index.
 	PCRs map[int][]byte
-	// SecureBoot is the secure boot state the verified log shows.
+	// SecureBoot is the secure boot state the verified log shows; used only
+	// when Boot is nil.
 	SecureBoot bool
+	// Boot is the verified firmware log, classified (NewBootFacts). Without
+	// it only PCR golden values and the secure boot mode are appraised.
+	Boot *BootFacts
 	// AKDigest is the SHA-256 of the AK's SubjectPublicKeyInfo.
 	AKDigest []byte
 	// Workload is what the canonical event log (PCR 13) measured.
@@ -41,6 +44,8 @@ type Result struct {
 	RefSetID string
 	Profile  string // name of the matched profile, "" if none matched
 	Submods  map[string]attest.Appraisal
+	// Boot is the boot appraisal against the matched (or closest) profile.
+	Boot *BootResult
 }
 
 // Status is the worst status of the submodules.
@@ -86,14 +91,24 @@ func (r *Result) Error() error {
 // Appraise compares facts with the reference set. It never fails: anything
 // that does not match becomes a non-affirming claim with a reason.
 func Appraise(refs *RefSet, f *Facts) *Result {
-	res := &Result{RefSetID: refs.ID(), Submods: map[string]attest.Appraisal{}}
+	res := &Result{RefSetID: refs.ID(), Submods: make(map[string]attest.Appraisal, 2)}
 	res.Submods[attest.SubmodTPM] = appraisePlatform(refs, f, res)
 	res.Submods[attest.SubmodWorkload] = appraiseWorkload(refs, f)
 	return res
 }
 
+// bootFacts returns the classified boot of f, or PCR-level facts when the
+// caller has no event log (golden values only).
+func (f *Facts) bootFacts() *BootFacts {
+	if f.Boot != nil {
+		return f.Boot
+	}
+	return &BootFacts{Bank: Bank(f.Verify.Bank), PCRs: f.PCRs, SecureBoot: &SecureBootFacts{Enabled: f.SecureBoot}}
+}
+
 func appraisePlatform(refs *RefSet, f *Facts, res *Result) attest.Appraisal {
-	sb := f.SecureBoot
+	b := f.bootFacts()
+	sb := b.SecureBoot != nil && b.SecureBoot.Enabled
 	a := attest.Appraisal{
 		PolicyID: refs.ID(),
 		Claims: &attest.AttesterClaims{
@@ -107,78 +122,57 @@ func appraisePlatform(refs *RefSet, f *Facts, res *Result) attest.Appraisal {
 			StorageOpaque:    attest.StorageHWKeys, // the agent key is fixedTPM: certified
 		},
 	}
-	profile, mismatch := matchProfile(refs, f)
+	boot := f.bootResult(refs, b)
 	switch {
-	case profile == nil:
+	case boot == nil:
 		a.TrustVector.Executables = attest.ExecContraindicated
-		a.Reasons = append(a.Reasons, attest.ClaimReason{Reason: attest.ReasonRefsBootState, Claim: "executables", Detail: mismatch})
+		a.Reasons = append(a.Reasons, attest.ClaimReason{Reason: attest.ReasonRefsNoProfile, Claim: "executables",
+			Detail: fmt.Sprintf("no reference profile covers this platform's verification (bank %s, quirks [%s]); derive one with `vouch refs derive` from a known-good machine", f.Verify.Bank, strings.Join(f.Verify.Quirks, ","))})
 	default:
-		res.Profile = profile.Name
-		a.Claims.Platform = profile.Name
+		res.Boot = boot
 		a.TrustVector.Executables = attest.ExecApprovedBoot
 		a.TrustVector.Configuration = attest.ConfigApproved
-		if msg := secureBootMismatch(profile, f.SecureBoot); msg != "" {
-			a.TrustVector.Configuration = attest.ConfigUnsupportable
-			a.Reasons = append(a.Reasons, attest.ClaimReason{Reason: attest.ReasonRefsSecureBoot, Claim: "configuration", Detail: msg})
+		if boot.Status() != attest.StatusContraindicated {
+			res.Profile = boot.Profile.Name
+			a.Claims.Platform = boot.Profile.Name
+		}
+		for _, fd := range boot.Findings {
+			applyFinding(&a.TrustVector, fd)
+			a.Reasons = append(a.Reasons, attest.ClaimReason{Reason: fd.Reason, Claim: fd.Claim, Detail: fd.Detail})
 		}
 	}
 	a.Status = a.TrustVector.Status()
 	return a
 }
 
-func secureBootMismatch(p *Profile, enabled bool) string {
-	switch {
-	case p.SecureBoot == "required" && !enabled:
-		return fmt.Sprintf("secure boot is off, and profile %s requires it; turn secure boot on in the firmware", p.Name)
-	case p.SecureBoot == "disabled" && enabled:
-		return fmt.Sprintf("secure boot is on, and profile %s expects it off; derive a profile for this configuration", p.Name)
+// bootResult appraises the boot, reusing the result of an earlier
+// appraisal of the same boot with the same set (see BootFacts.Cached).
+func (f *Facts) bootResult(refs *RefSet, b *BootFacts) *BootResult {
+	if c := b.cached.Load(); c != nil && c.refs == refs {
+		return c.res
 	}
-	return ""
+	r, _ := bestBoot(refs, b, f.Verify, false)
+	b.cached.Store(&cachedBoot{refs: refs, res: r})
+	return r
 }
 
-// matchProfile returns the first profile (by name) whose verification options
-// cover the ones used and whose every PCR golden value matches. With none, it
-// describes the closest profile's differences.
-func matchProfile(refs *RefSet, f *Facts) (*Profile, string) {
-	type candidate struct {
-		p     *Profile
-		diffs []string
+// applyFinding lowers the trust vector claim a finding is about to the
+// finding's value when that is worse.
+func applyFinding(v *attest.TrustVector, f Finding) {
+	var c *int8
+	switch f.Claim {
+	case "executables":
+		c = &v.Executables
+	case "configuration":
+		c = &v.Configuration
+	case "file-system":
+		c = &v.FileSystem
+	default:
+		return
 	}
-	var best *candidate
-	considered := 0
-	for i := range refs.Profiles {
-		p := &refs.Profiles[i]
-		if !p.Verify.Covers(f.Verify) {
-			continue
-		}
-		considered++
-		var diffs []string
-		idxs := make([]int, 0, len(p.PCRs))
-		for idx := range p.PCRs {
-			idxs = append(idxs, idx)
-		}
-		slices.Sort(idxs)
-		for _, idx := range idxs {
-			got, ok := f.PCRs[idx]
-			if !ok {
-				diffs = append(diffs, fmt.Sprintf("PCR %d was not quoted", idx))
-				continue
-			}
-			if !bytes.Equal(got, p.PCRs[idx]) {
-				diffs = append(diffs, fmt.Sprintf("PCR %d is %s, expected %s", idx, short(got), short(p.PCRs[idx])))
-			}
-		}
-		if len(diffs) == 0 {
-			return p, ""
-		}
-		if best == nil || len(diffs) < len(best.diffs) {
-			best = &candidate{p, diffs}
-		}
+	if attest.TierOf(f.Value) > attest.TierOf(*c) || (attest.TierOf(f.Value) == attest.TierOf(*c) && f.Value > *c) {
+		*c = f.Value
 	}
-	if best == nil {
-		return nil, fmt.Sprintf("no reference profile covers this platform's verification (bank %s, quirks [%s]); derive one with `vouch refs derive` from a known-good machine", f.Verify.Bank, strings.Join(f.Verify.Quirks, ","))
-	}
-	return nil, fmt.Sprintf("measured boot matches none of %d profiles; closest is %s: %s", considered, best.p.Name, strings.Join(best.diffs, ", "))
 }
 
 // shortID abbreviates a reference-set id ("sha256:" and 12 hex digits).
@@ -189,16 +183,9 @@ func shortID(id string) string {
 	return id
 }
 
-func short(b []byte) string {
-	s := hex.EncodeToString(b)
-	if len(s) > 16 {
-		return s[:16] + "…"
-	}
-	return s
-}
-
 func appraiseWorkload(refs *RefSet, f *Facts) attest.Appraisal {
 	w := f.Workload
+	idx := refs.index()
 	a := attest.Appraisal{
 		PolicyID: refs.ID(),
 		Claims:   &attest.AttesterClaims{ImageRef: w.ImageRef},
@@ -206,38 +193,76 @@ func appraiseWorkload(refs *RefSet, f *Facts) attest.Appraisal {
 	if d, err := hex.DecodeString(strings.TrimPrefix(w.ImageDigest, "sha256:")); err == nil && strings.HasPrefix(w.ImageDigest, "sha256:") {
 		a.Claims.ImageDigest = &attest.Digest{Alg: attest.HashSHA256, Value: d}
 	}
-	deny := func(r attest.Reason, msg string) attest.Appraisal {
-		a.TrustVector.Executables = attest.ExecContraindicated
-		a.Reasons = append(a.Reasons, attest.ClaimReason{Reason: r, Claim: "executables", Detail: msg})
+	refuse := func(r attest.Reason, claim string, msg string) attest.Appraisal {
+		if claim == "configuration" {
+			a.TrustVector.Executables = attest.ExecApprovedRuntime
+			a.TrustVector.Configuration = attest.ConfigUnsupportable
+		} else {
+			a.TrustVector.Executables = attest.ExecContraindicated
+		}
+		a.Reasons = append(a.Reasons, attest.ClaimReason{Reason: r, Claim: claim, Detail: msg})
 		a.Status = a.TrustVector.Status()
 		return a
 	}
-	if slices.Contains(refs.Deny.ImageDigests, w.ImageDigest) {
-		return deny(attest.ReasonRefsDenied, fmt.Sprintf("image %s is on the deny list", w.ImageDigest))
+	if idx.denyImages.has(w.ImageDigest) {
+		return refuse(attest.ReasonRefsDenied, "executables", fmt.Sprintf("image %s is on the deny list", w.ImageDigest))
 	}
-	var allowed []Image
-	for _, im := range refs.Images {
-		if im.Digest == w.ImageDigest {
-			allowed = append(allowed, im)
-		}
-	}
-	if len(allowed) == 0 {
-		return deny(attest.ReasonRefsImageDigest, fmt.Sprintf("image digest %s is not allowed by reference set %s; add it to the images of firmware-refs if this image is trusted", w.ImageDigest, shortID(refs.ID())))
+	cands := idx.images[w.ImageDigest]
+	if len(cands) == 0 {
+		return refuse(attest.ReasonRefsImageDigest, "executables", fmt.Sprintf("image digest %s is not allowed by reference set %s; add it to the images of firmware-refs if this image is trusted", w.ImageDigest, shortID(refs.ID())))
 	}
 	repo := Repository(w.ImageRef)
-	ok := false
-	for _, im := range allowed {
-		if im.Repository == "" || im.Repository == repo {
-			ok = true
+	var im *Image
+	for _, i := range cands {
+		if c := &refs.Images[i]; c.Repository == "" || c.Repository == repo {
+			im = c
 			break
 		}
 	}
-	if !ok {
-		return deny(attest.ReasonRefsImageRef, fmt.Sprintf("image %s is allowed only from %s, and the agent ran it as %s", w.ImageDigest, allowed[0].Repository, w.ImageRef))
+	if im == nil {
+		return refuse(attest.ReasonRefsImageRef, "executables", fmt.Sprintf("image %s is allowed only from %s, and the agent ran it as %s", w.ImageDigest, refs.Images[cands[0]].Repository, w.ImageRef))
+	}
+	if msg := launchMismatch(im, w); msg != "" {
+		return refuse(attest.ReasonRefsWorkloadConfig, "configuration", msg)
 	}
 	a.TrustVector.Executables = attest.ExecApprovedRuntime
+	if im.Args != nil || im.Env != nil {
+		a.TrustVector.Configuration = attest.ConfigApproved
+	}
 	a.Status = a.TrustVector.Status()
 	return a
+}
+
+// launchMismatch checks a workload's arguments and environment against its
+// image's rules.
+func launchMismatch(im *Image, w Workload) string {
+	if im.Args != nil && !slices.Equal(im.Args, w.Args) {
+		return fmt.Sprintf("image %s must be launched with arguments %q, and was launched with %q", im.Digest, im.Args, w.Args)
+	}
+	if im.Env == nil {
+		return ""
+	}
+	names := make([]string, 0, len(w.Env))
+	for k := range w.Env {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	var forbidden, notAllowed []string
+	for _, k := range names {
+		kv := k + "=" + w.Env[k]
+		if slices.Contains(im.Env.Forbidden, k) || slices.Contains(im.Env.Forbidden, kv) {
+			forbidden = append(forbidden, k)
+		} else if im.Env.Allowed != nil && !slices.Contains(im.Env.Allowed, k) && !slices.Contains(im.Env.Allowed, kv) {
+			notAllowed = append(notAllowed, k)
+		}
+	}
+	switch {
+	case len(forbidden) > 0:
+		return fmt.Sprintf("image %s was launched with forbidden environment variable(s) %s", im.Digest, strings.Join(forbidden, ", "))
+	case len(notAllowed) > 0:
+		return fmt.Sprintf("image %s was launched with environment variable(s) %s, which its rules do not allow", im.Digest, strings.Join(notAllowed, ", "))
+	}
+	return ""
 }
 
 // Repository returns the repository part of an image reference: the

@@ -3,6 +3,7 @@ package policy
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"testing/fstest"
 )
@@ -46,6 +47,10 @@ func FuzzLoadRefs(f *testing.F) {
 	f.Add(seed)
 	f.Add([]byte("schema: vouch.dev/firmware-refs/v1\nimages: [{digest: 'sha256:" + "00000000000000000000000000000000000000000000000000000000000000000" + "'}]\n"))
 	f.Add([]byte("schema: x\n"))
+	if b, err := os.ReadFile("../firmware-refs/platforms/ubuntu-2404-amd-sevsnp.yaml"); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte("schema: vouch.dev/firmware-refs/v2\nprofiles: [{name: a, secure_boot: {mode: required}, efi_apps: [" + strings.Repeat("ab", 32) + "], kernel_cmdline: {forbidden: [init]}, pcrs: {1: [" + strings.Repeat("00", 32) + "]}}]\ndeny: {ak_keys: [{digest: " + strings.Repeat("11", 32) + ", note: x}]}\n"))
 	f.Fuzz(func(t *testing.T, doc []byte) {
 		set, err := LoadRefs(fstest.MapFS{"refs.yaml": {Data: doc}}, ".")
 		if err != nil {
@@ -55,9 +60,37 @@ func FuzzLoadRefs(f *testing.F) {
 			t.Fatal("accepted set has no id")
 		}
 		for _, p := range set.Profiles {
-			if len(p.PCRs) == 0 || bankSizes[p.Verify.Bank] == 0 {
+			if (len(p.PCRs) == 0 && !p.hasEventRules()) || bankSizes[p.Verify.Bank] == 0 || p.compiled() == nil {
 				t.Fatalf("accepted invalid profile %+v", p)
 			}
+		}
+	})
+}
+
+// FuzzCheck feeds arbitrary bytes as a firmware log to the offline check
+// (replay, state extraction, event classification, appraisal against the
+// shipped profiles). Event data is attacker-chosen even in a log whose
+// digests replay, so classification must never panic.
+func FuzzCheck(f *testing.F) {
+	set, err := LoadRefs(os.DirFS("../firmware-refs"), ".", "platforms")
+	if err != nil {
+		f.Fatal(err)
+	}
+	logs, _ := filepath.Glob("../testdata/eventlogs/*.bin")
+	for _, l := range logs[:min(6, len(logs))] {
+		b, err := os.ReadFile(l)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		rep, err := Check(set, raw, nil, CheckOptions{})
+		if err != nil {
+			return
+		}
+		if rep.StatusName == "" {
+			t.Fatal("report without status")
 		}
 	})
 }

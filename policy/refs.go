@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -18,8 +17,13 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// Schema is the schema identifier every reference-value file declares.
-const Schema = "vouch.dev/firmware-refs/v1"
+// Schema is the schema identifier of reference-value files this version
+// writes. SchemaV1 files (PCR golden values, secure boot mode, images, image
+// deny list) are still read.
+const (
+	Schema   = "vouch.dev/firmware-refs/v2"
+	SchemaV1 = "vouch.dev/firmware-refs/v1"
+)
 
 // Limits on reference-value input.
 const (
@@ -37,22 +41,8 @@ type RefSet struct {
 	Images   []Image   `yaml:"images,omitempty"`
 	Deny     DenyList  `yaml:"deny,omitempty"`
 
-	id string
-}
-
-// Profile is the expected boot state of one kind of platform.
-type Profile struct {
-	Name        string `yaml:"name"`
-	Description string `yaml:"description,omitempty"`
-	Source      string `yaml:"source,omitempty"` // where it was derived from
-	// Verify says how this platform's quote and firmware log are verified,
-	// including the quirks it needs. Quirks are per profile, never global.
-	Verify VerifyOptions `yaml:"verify"`
-	// SecureBoot is "required", "disabled" or "any".
-	SecureBoot string `yaml:"secure_boot"`
-	// PCRs are golden values of the verified bank, by PCR index. Every listed
-	// PCR must match.
-	PCRs map[int]HexBytes `yaml:"pcrs"`
+	id  string
+	idx *refIndex
 }
 
 // VerifyOptions selects the PCR bank and the relaxations of event-log
@@ -105,21 +95,6 @@ func (v VerifyOptions) Covers(used VerifyOptions) bool {
 	return true
 }
 
-// Image is an allowed workload image.
-type Image struct {
-	Digest string `yaml:"digest"` // "sha256:<64 hex>"
-	// Repository, if set, is the only repository the image may be referenced
-	// from ("ghcr.io/acme/agent"); the tag or digest part of the reference is
-	// not compared.
-	Repository string `yaml:"repository,omitempty"`
-	Note       string `yaml:"note,omitempty"`
-}
-
-// DenyList names known-bad things that are refused whatever else matches.
-type DenyList struct {
-	ImageDigests []string `yaml:"image_digests,omitempty"`
-}
-
 // HexBytes is a byte string written as hex in YAML.
 type HexBytes []byte
 
@@ -152,38 +127,61 @@ type refFile struct {
 	Deny     DenyList  `yaml:"deny,omitempty"`
 }
 
-// LoadRefs reads every *.yaml file at the top of dir in fsys, validates them
-// and merges them into one RefSet.
-func LoadRefs(fsys fs.FS, dir string) (*RefSet, error) {
-	entries, err := fs.ReadDir(fsys, dir)
-	if err != nil {
-		return nil, fmt.Errorf("reading reference values: %w", err)
+// LoadRefs reads every *.yaml file at the top of each dir in fsys (default
+// "."), validates them
+// and merges them into one RefSet. Any invalid file fails the whole load:
+// a set is used entirely or not at all.
+func LoadRefs(fsys fs.FS, dirs ...string) (*RefSet, error) {
+	if len(dirs) == 0 {
+		dirs = []string{"."}
 	}
 	var set RefSet
 	files := 0
-	for _, e := range entries {
-		if e.IsDir() || !(strings.HasSuffix(e.Name(), ".yaml") || strings.HasSuffix(e.Name(), ".yml")) {
-			continue
+	for _, dir := range dirs {
+		entries, err := fs.ReadDir(fsys, dir)
+		if err != nil {
+			return nil, fmt.Errorf("reading reference values: %w", err)
 		}
-		if files++; files > maxRefFiles {
-			return nil, fmt.Errorf("reference values: more than %d files in %s", maxRefFiles, dir)
-		}
-		name := path.Join(dir, e.Name())
-		f, err := readRefFile(fsys, name)
+		n, err := set.addDir(fsys, dir, entries, files)
 		if err != nil {
 			return nil, err
 		}
-		set.Profiles = append(set.Profiles, f.Profiles...)
-		set.Images = append(set.Images, f.Images...)
-		set.Deny.ImageDigests = append(set.Deny.ImageDigests, f.Deny.ImageDigests...)
+		files = n
 	}
 	if files == 0 {
-		return nil, fmt.Errorf("reference values: no .yaml files in %s", dir)
+		return nil, fmt.Errorf("reference values: no .yaml files in %s", strings.Join(dirs, ", "))
 	}
 	if err := set.finish(); err != nil {
 		return nil, err
 	}
 	return &set, nil
+}
+
+// addDir adds the reference-value files of one directory; files counts the
+// files read so far, across directories.
+func (set *RefSet) addDir(fsys fs.FS, dir string, entries []fs.DirEntry, files int) (int, error) {
+	for _, e := range entries {
+		if e.IsDir() || !IsRefFile(e.Name()) {
+			continue
+		}
+		if files++; files > maxRefFiles {
+			return files, fmt.Errorf("reference values: more than %d files", maxRefFiles)
+		}
+		name := path.Join(dir, e.Name())
+		f, err := readRefFile(fsys, name)
+		if err != nil {
+			return files, err
+		}
+		set.Profiles = append(set.Profiles, f.Profiles...)
+		set.Images = append(set.Images, f.Images...)
+		set.Deny.merge(f.Deny)
+	}
+	return files, nil
+}
+
+// IsRefFile reports whether a file name is one LoadRefs reads.
+func IsRefFile(name string) bool {
+	return !strings.HasPrefix(name, ".") && (strings.HasSuffix(name, ".yaml") || strings.HasSuffix(name, ".yml"))
 }
 
 func readRefFile(fsys fs.FS, name string) (*refFile, error) {
@@ -199,83 +197,68 @@ func readRefFile(fsys fs.FS, name string) (*refFile, error) {
 	if len(b) > maxRefFileSize {
 		return nil, fmt.Errorf("reference values %s: larger than %d bytes", name, maxRefFileSize)
 	}
+	f, err := ParseRefFile(b)
+	if err != nil {
+		return nil, fmt.Errorf("reference values %s: %w", name, err)
+	}
+	return f, nil
+}
+
+// ParseRefFile parses and validates one reference-value document.
+func ParseRefFile(b []byte) (*refFile, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	var f refFile
 	if err := dec.Decode(&f); err != nil {
-		return nil, fmt.Errorf("reference values %s: %w", name, err)
+		return nil, err
 	}
-	if f.Schema != Schema {
-		return nil, fmt.Errorf("reference values %s: schema is %q, want %q", name, f.Schema, Schema)
+	switch f.Schema {
+	case Schema:
+	case SchemaV1:
+		if err := f.checkV1(); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("schema is %q, want %q (or %q)", f.Schema, Schema, SchemaV1)
 	}
 	for i := range f.Profiles {
 		if err := f.Profiles[i].validate(); err != nil {
-			return nil, fmt.Errorf("reference values %s: profile %d (%s): %w", name, i, f.Profiles[i].Name, err)
+			return nil, fmt.Errorf("profile %d (%s): %w", i, f.Profiles[i].Name, err)
 		}
 	}
-	for i, im := range f.Images {
-		if err := validImageDigest(im.Digest); err != nil {
-			return nil, fmt.Errorf("reference values %s: image %d: %w", name, i, err)
+	for i := range f.Images {
+		if err := f.Images[i].validate(); err != nil {
+			return nil, fmt.Errorf("image %d: %w", i, err)
 		}
 	}
-	for i, d := range f.Deny.ImageDigests {
-		if err := validImageDigest(d); err != nil {
-			return nil, fmt.Errorf("reference values %s: deny image %d: %w", name, i, err)
-		}
+	if err := f.Deny.validate(); err != nil {
+		return nil, fmt.Errorf("deny: %w", err)
 	}
 	return &f, nil
 }
 
-var profileName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,127}$`)
-
-func (p *Profile) validate() error {
-	if !profileName.MatchString(p.Name) {
-		return fmt.Errorf("name %q: use 1-128 lowercase letters, digits, '.', '_' or '-'", p.Name)
-	}
-	if p.Verify.Bank == "" {
-		p.Verify.Bank = "sha256"
-	}
-	size, ok := bankSizes[p.Verify.Bank]
-	if !ok {
-		return fmt.Errorf("verify.bank %q: use sha256, sha384 or sha1", p.Verify.Bank)
-	}
-	if p.Verify.Bank == "sha1" && !p.Verify.Has(QuirkSHA1) {
-		return fmt.Errorf("verify.bank sha1 needs the %q quirk, stated explicitly", QuirkSHA1)
-	}
-	for _, q := range p.Verify.Quirks {
-		if !slices.Contains(KnownQuirks, q) {
-			return fmt.Errorf("unknown quirk %q; known: %s", q, strings.Join(KnownQuirks, ", "))
+// checkV1 refuses v2 fields in a file that declares schema v1, so that a
+// file's schema line says what it may contain.
+func (f *refFile) checkV1() error {
+	for _, p := range f.Profiles {
+		sb := p.SecureBoot
+		if p.hasEventRules() || p.Unrecognized != "" || len(sb.PK)+len(sb.KEK)+len(sb.DB)+len(sb.DBXMin)+len(sb.Authorities) > 0 {
+			return fmt.Errorf("profile %s uses %s fields; declare schema %s", p.Name, Schema, Schema)
+		}
+		for _, v := range p.PCRs {
+			if len(v) > 1 {
+				return fmt.Errorf("profile %s lists several values for a PCR; declare schema %s", p.Name, Schema)
+			}
 		}
 	}
-	slices.Sort(p.Verify.Quirks)
-	p.Verify.Quirks = slices.Compact(p.Verify.Quirks)
-	switch p.Verify.Loader {
-	case "none":
-		p.Verify.Loader = ""
-	case "", "grub":
-	default:
-		return fmt.Errorf("verify.loader %q: use grub or none", p.Verify.Loader)
-	}
-	switch p.SecureBoot {
-	case "":
-		p.SecureBoot = "any"
-	case "required", "disabled", "any":
-	default:
-		return fmt.Errorf("secure_boot %q: use required, disabled or any", p.SecureBoot)
-	}
-	if len(p.PCRs) == 0 {
-		return errors.New("no PCR values: a profile must pin at least the firmware PCRs")
-	}
-	for idx, v := range p.PCRs {
-		if idx < 0 || idx > 23 {
-			return fmt.Errorf("PCR %d out of range 0-23", idx)
+	for _, im := range f.Images {
+		if im.Args != nil || im.Env != nil {
+			return fmt.Errorf("image %s has args/env rules; declare schema %s", im.Digest, Schema)
 		}
-		if idx == WorkloadPCR {
-			return fmt.Errorf("PCR %d is the workload PCR; workloads are appraised by image, not by golden value", idx)
-		}
-		if len(v) != size {
-			return fmt.Errorf("PCR %d: %d bytes, a %s value is %d", idx, len(v), p.Verify.Bank, size)
-		}
+	}
+	d := f.Deny
+	if len(d.BootDigests)+len(d.Authorities)+len(d.DBXRequired)+len(d.AKs)+len(d.EKs) > 0 {
+		return fmt.Errorf("deny lists other than image_digests need schema %s", Schema)
 	}
 	return nil
 }
@@ -291,7 +274,7 @@ func validImageDigest(d string) error {
 	return nil
 }
 
-// finish checks set-wide rules and computes the id.
+// finish checks set-wide rules, computes the id and builds the lookups.
 func (r *RefSet) finish() error {
 	if len(r.Profiles) > maxProfiles || len(r.Images) > maxImages {
 		return fmt.Errorf("reference values: %d profiles and %d images exceed the limits (%d, %d)", len(r.Profiles), len(r.Images), maxProfiles, maxImages)
@@ -302,27 +285,68 @@ func (r *RefSet) finish() error {
 			return fmt.Errorf("reference values: profile %q is defined twice", r.Profiles[i].Name)
 		}
 	}
-	sort.Slice(r.Images, func(i, j int) bool {
+	sort.SliceStable(r.Images, func(i, j int) bool {
 		if r.Images[i].Digest != r.Images[j].Digest {
 			return r.Images[i].Digest < r.Images[j].Digest
 		}
 		return r.Images[i].Repository < r.Images[j].Repository
 	})
-	slices.Sort(r.Deny.ImageDigests)
-	r.Deny.ImageDigests = slices.Compact(r.Deny.ImageDigests)
+	r.Deny.normalize()
 	canon, err := attest.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("reference values: canonical encoding: %w", err)
 	}
 	sum := sha256.Sum256(canon)
 	r.id = "sha256:" + hex.EncodeToString(sum[:])
+	r.idx = r.buildIndex()
 	return nil
 }
 
-// MarshalProfileYAML writes one profile as a reference-value file.
-func MarshalProfileYAML(w io.Writer, p Profile, images []Image) error {
+// NewRefSet validates profiles, images and deny lists built in code (for
+// tests and tools) into a set, as LoadRefs would.
+func NewRefSet(profiles []Profile, images []Image, deny DenyList) (*RefSet, error) {
+	f := refFile{Schema: Schema, Profiles: profiles, Images: images, Deny: deny}
+	for i := range f.Profiles {
+		if err := f.Profiles[i].validate(); err != nil {
+			return nil, fmt.Errorf("profile %s: %w", f.Profiles[i].Name, err)
+		}
+	}
+	for i := range f.Images {
+		if err := f.Images[i].validate(); err != nil {
+			return nil, err
+		}
+	}
+	if err := f.Deny.validate(); err != nil {
+		return nil, err
+	}
+	set := &RefSet{Profiles: f.Profiles, Images: f.Images, Deny: f.Deny}
+	if err := set.finish(); err != nil {
+		return nil, err
+	}
+	return set, nil
+}
+
+// RefDoc is one reference-value file to write.
+type RefDoc struct {
+	Profiles []Profile
+	Images   []Image
+	Deny     DenyList
+}
+
+// MarshalRefs writes a reference-value file of the current schema.
+func MarshalRefs(w io.Writer, d RefDoc) error {
 	enc := yaml.NewEncoder(w)
 	enc.SetIndent(2)
-	defer enc.Close()
-	return enc.Encode(refFile{Schema: Schema, Profiles: []Profile{p}, Images: images})
+	if err := enc.Encode(refFile{Schema: Schema, Profiles: d.Profiles, Images: d.Images, Deny: d.Deny}); err != nil {
+		return err
+	}
+	return enc.Close()
 }
+
+// MarshalProfileYAML writes one profile (and images) as a reference-value file.
+func MarshalProfileYAML(w io.Writer, p Profile, images []Image) error {
+	return MarshalRefs(w, RefDoc{Profiles: []Profile{p}, Images: images})
+}
+
+// String returns lowercase hex.
+func (h HexBytes) String() string { return hex.EncodeToString(h) }

@@ -287,7 +287,9 @@ func StatusFor(r attest.Reason) int {
 		return http.StatusServiceUnavailable
 	case attest.ReasonAKRevoked, attest.ReasonRefsImageDigest, attest.ReasonRefsImageRef, attest.ReasonRefsBootState,
 		attest.ReasonRefsSecureBoot, attest.ReasonRefsPCR, attest.ReasonRefsDenied, attest.ReasonRefsNoProfile,
-		attest.ReasonAppraisalWarn:
+		attest.ReasonAppraisalWarn, attest.ReasonAKDenied, attest.ReasonRefsFirmware, attest.ReasonRefsOptionROM,
+		attest.ReasonRefsEFIApp, attest.ReasonRefsKernel, attest.ReasonRefsLoader, attest.ReasonRefsKernelCmdline,
+		attest.ReasonRefsSBAuthority, attest.ReasonRefsDBX, attest.ReasonRefsWorkloadConfig:
 		return http.StatusForbidden
 	}
 	return http.StatusUnauthorized

@@ -18,6 +18,8 @@ type metrics struct {
 	nonces       prometheus.Counter
 	requests     *prometheus.CounterVec
 	latency      *prometheus.HistogramVec
+	refReloads   *prometheus.CounterVec
+	refsInfo     *prometheus.GaugeVec
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -49,7 +51,15 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16),
 		}, []string{"route"}),
 	}
-	reg.MustRegister(m.attestations, m.steps, m.stepFailures, m.nonces, m.requests, m.latency,
+	m.refReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "vouch_refs_reloads_total",
+		Help: "Reference-value reloads by result: applied, unchanged, failed (the previous set stays in force).",
+	}, []string{"result"})
+	m.refsInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "vouch_refs_info",
+		Help: "The reference set in force (1 for its id).",
+	}, []string{"id"})
+	reg.MustRegister(m.attestations, m.steps, m.stepFailures, m.nonces, m.requests, m.latency, m.refReloads, m.refsInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Make every step visible from the start, so dashboards do not wait for
 	// the first attestation.
@@ -64,4 +74,9 @@ func (m *metrics) observeStep(step appraisal.Step, d time.Duration, err error) {
 	if err != nil {
 		m.stepFailures.WithLabelValues(string(step), string(attest.ReasonOf(err))).Inc()
 	}
+}
+
+func (m *metrics) setRefs(id string) {
+	m.refsInfo.Reset()
+	m.refsInfo.WithLabelValues(id).Set(1)
 }

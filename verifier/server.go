@@ -26,12 +26,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/vouch-dev/vouch/policy"
 	"github.com/vouch-dev/vouch/verifier/appraisal"
 	"github.com/vouch-dev/vouch/verifier/audit"
 	"github.com/vouch-dev/vouch/verifier/enroll"
@@ -91,7 +89,8 @@ type Config struct {
 	// EK allowlist, AK roots); New fills in its Store, Audit, Log, Build
 	// and Now. The zero value refuses every enrollment request.
 	Enrollment enroll.Options
-	// Audit receives audit records; nil = not recorded yet.
+	// Audit receives audit records (attestations, enrollments, reloads of
+	// reference values); nil = not recorded yet.
 	Audit audit.Log
 }
 
@@ -152,6 +151,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("verifier: %w", err)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, store: st, keys: keys, metrics: newMetrics(cfg.Registry)}
+	s.metrics.setRefs(cfg.Refs.Refs().ID())
 	s.pipeline, err = appraisal.New(appraisal.Options{
 		Nonces:       st,
 		AKs:          st,
@@ -236,22 +236,3 @@ func (s *Server) pruneLoop(ctx context.Context) {
 		}
 	}
 }
-
-// RefHolder holds the reference values in force and swaps them atomically
-// on reload, so that each appraisal sees one consistent set.
-type RefHolder struct {
-	cur atomic.Pointer[policy.RefSet]
-}
-
-// NewRefHolder returns a holder serving refs.
-func NewRefHolder(refs *policy.RefSet) *RefHolder {
-	h := &RefHolder{}
-	h.cur.Store(refs)
-	return h
-}
-
-// Refs returns the set in force.
-func (h *RefHolder) Refs() *policy.RefSet { return h.cur.Load() }
-
-// Set replaces the set in force.
-func (h *RefHolder) Set(refs *policy.RefSet) { h.cur.Store(refs) }

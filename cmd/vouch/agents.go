@@ -37,7 +37,6 @@ run while vouchd does.`,
 	return cmd
 }
 
-
 func openStore(cmd *cobra.Command) (*store.Store, error) {
 	dir, _ := cmd.Flags().GetString("data")
 	if _, err := os.Stat(dir); err != nil {

@@ -36,12 +36,12 @@ func main() {
 }
 
 type options struct {
-	listen, data, refs, issuer string
-	credTTL, nonceTTL          time.Duration
-	allowWarning               bool
-	tlsCert, tlsKey            string
-	ekRoots, akRoots, ekAllow  string
-	ekFetchIssuers             bool
+	listen, data, refs, issuer  string
+	credTTL, nonceTTL, refsPoll time.Duration
+	allowWarning                bool
+	tlsCert, tlsKey             string
+	ekRoots, akRoots, ekAllow   string
+	ekFetchIssuers              bool
 }
 
 func newRoot() *cobra.Command {
@@ -56,6 +56,11 @@ and receive a short-lived COSE credential bound to their TPM-resident key.
 Every flag can also be set by a VOUCH_* environment variable (--data is
 VOUCH_DATA) or in a YAML file given with --config; flags win over the
 environment, which wins over the file.
+
+Reference values (--refs DIR) are reloaded when a file in DIR changes and
+on SIGHUP, atomically: a set that fails to load (a broken file) leaves the
+previous set in force, and the error is logged and counted in
+vouch_refs_reloads_total{result="failed"}. Replace files by renaming them in.
 
 With no flags, vouchd listens on 127.0.0.1:8700 over plain HTTP, stores its
 state under $XDG_STATE_HOME/vouchd and uses the built-in reference values.
@@ -81,7 +86,8 @@ beyond loopback.`,
 	cliconf.AddFlags(cmd.PersistentFlags())
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8700", "address to listen on (host:port; port 0 picks a free one)")
 	f.StringVar(&o.data, "data", verifier.DefaultDataDir(), "data directory: database, signing keys, audit log (created 0700)")
-	f.StringVar(&o.refs, "refs", "", "directory of reference-value YAML files (default: the set built into vouchd)")
+	f.StringVar(&o.refs, "refs", "", "directory of reference-value YAML files (default: the set built into vouchd); reloaded on change and on SIGHUP")
+	f.DurationVar(&o.refsPoll, "refs-poll", 2*time.Second, "how often --refs is checked for changed files (0 disables; SIGHUP always reloads)")
 	f.StringVar(&o.issuer, "issuer", "vouchd", "issuer (iss) of the credentials, e.g. https://vouch.example")
 	f.DurationVar(&o.credTTL, "credential-ttl", verifier.DefaultCredentialTTL, "lifetime of issued credentials (max 1h)")
 	f.DurationVar(&o.nonceTTL, "nonce-ttl", verifier.DefaultNonceTTL, "how long a challenge nonce stays usable")
@@ -94,7 +100,6 @@ beyond loopback.`,
 	f.BoolVar(&o.ekFetchIssuers, "ek-fetch-issuers", false, "fetch a missing EK certificate issuer from its AIA URL (the verifier then makes outbound HTTP requests to URLs found in TPM certificates)")
 	return cmd
 }
-
 
 func loadRefs(dir string) (*policy.RefSet, error) {
 	if dir == "" {
@@ -141,6 +146,16 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		scheme = "https"
 	} else if host, _, _ := net.SplitHostPort(o.listen); !isLoopback(host) {
 		log.Warn("serving plain HTTP beyond loopback; give --tls-cert and --tls-key", "listen", o.listen)
+	}
+	if o.refs != "" {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		interval := o.refsPoll
+		if interval <= 0 {
+			interval = -1
+		}
+		go srv.WatchRefs(ctx, verifier.WatchOptions{Dir: o.refs, Interval: interval, Trigger: hup})
 	}
 	log.Info("vouchd listening", "url", scheme+"://"+ln.Addr().String(), "data", o.data,
 		"refs", refs.ID(), "profiles", len(refs.Profiles), "images", len(refs.Images), "version", version.String())

@@ -97,7 +97,7 @@ func (b *fuzzBase) run(t *testing.T, att *pb.Attestation) error {
 	ev.TPM = raw
 	o := &Outcome{Evidence: &ev, Binding: attest.Binding(ev.Nonce, ev.AgentKey, ev.Request)}
 	for _, step := range []func() error{
-		func() error { return b.p.checkAK(context.Background(), o) },
+		func() error { return b.p.checkAK(context.Background(), b.refs, o) },
 		func() error { return b.p.verifyQuote(b.refs, o) },
 		func() error { return verifyWorkload(o) },
 	} {

@@ -132,7 +132,7 @@ func (p *Pipeline) Run(ctx context.Context, raw []byte) (*Outcome, error) {
 	}{
 		{StepDecode, func(_ context.Context, o *Outcome) error { return decode(raw, o) }},
 		{StepNonce, p.checkNonce},
-		{StepAK, p.checkAK},
+		{StepAK, func(ctx context.Context, o *Outcome) error { return p.checkAK(ctx, refs, o) }},
 		{StepQuote, func(_ context.Context, o *Outcome) error { return p.verifyQuote(refs, o) }},
 		{StepWorkload, func(_ context.Context, o *Outcome) error { return verifyWorkload(o) }},
 		{StepAgentKey, func(_ context.Context, o *Outcome) error { return verifyAgentKey(o) }},
@@ -177,6 +177,7 @@ func (p *Pipeline) appraise(refs *policy.RefSet, o *Outcome) error {
 		Verify:     o.Quote.Verify,
 		PCRs:       o.Quote.PCRs,
 		SecureBoot: o.Quote.Machine.GetSecureBoot().GetEnabled(),
+		Boot:       o.Quote.Boot,
 		AKDigest:   o.AK.Digest,
 		Workload:   o.Workload.Workload,
 	}

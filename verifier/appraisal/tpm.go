@@ -35,6 +35,7 @@ type AKResult struct {
 // QuoteResult is the verified platform state.
 type QuoteResult struct {
 	Machine *attest.MachineState // go-tpm-tools' parse of the replayed firmware log
+	Boot    *policy.BootFacts    // its events, classified for appraisal (shared: never modify)
 	Verify  policy.VerifyOptions // bank and quirks the verification needed
 	Quote   *tpmpb.Quote         // the verified quote of that bank
 	PCRs    map[int][]byte       // its PCR values
@@ -44,7 +45,7 @@ type QuoteResult struct {
 // leaves the TPM, so that what it signs was produced by the TPM itself.
 const akAttributes = tpm2.FlagSign | tpm2.FlagRestricted | tpm2.FlagFixedTPM | tpm2.FlagFixedParent | tpm2.FlagSensitiveDataOrigin
 
-func (p *Pipeline) checkAK(ctx context.Context, o *Outcome) error {
+func (p *Pipeline) checkAK(ctx context.Context, refs *policy.RefSet, o *Outcome) error {
 	var att attest.Attestation
 	if err := proto.Unmarshal(o.Evidence.TPM, &att); err != nil {
 		return vattest.Errorf(vattest.ReasonRequestMalformed, "evidence field 4 is not a go-tpm-tools Attestation protobuf: %w", err)
@@ -65,6 +66,9 @@ func (p *Pipeline) checkAK(ctx context.Context, o *Outcome) error {
 		return vattest.Errorf(vattest.ReasonAKMalformed, "the AK public key cannot be encoded: %w", err)
 	}
 	digest := sha256.Sum256(spki)
+	if denied, note := refs.AKDenied(digest[:]); denied {
+		return vattest.Errorf(vattest.ReasonAKDenied, "attestation key %x is on the deny list of reference set %s%s; the machine is considered compromised: revoke its enrollment and investigate", digest[:8], refs.ID(), denyNote(note))
+	}
 	enr, err := p.opts.AKs.Enrollment(ctx, digest[:])
 	switch {
 	case errors.Is(err, store.ErrNotFound):
@@ -79,25 +83,6 @@ func (p *Pipeline) checkAK(ctx context.Context, o *Outcome) error {
 }
 
 var bankAlgs = map[string]tpm2.Algorithm{"sha1": tpm2.AlgSHA1, "sha256": tpm2.AlgSHA256, "sha384": tpm2.AlgSHA384}
-
-// verifyOptionCandidates lists the verification options to try: the strict
-// default first, then each distinct option set some profile allows, fewest
-// relaxations first. A relaxed verification only counts if a profile that
-// allows it also matches the measured state (policy.VerifyOptions.Covers).
-func verifyOptionCandidates(refs *policy.RefSet) []policy.VerifyOptions {
-	seen := map[string]bool{}
-	out := []policy.VerifyOptions{{Bank: "sha256"}}
-	seen[out[0].Key()] = true
-	var extra []policy.VerifyOptions
-	for _, p := range refs.Profiles {
-		if !seen[p.Verify.Key()] {
-			seen[p.Verify.Key()] = true
-			extra = append(extra, p.Verify)
-		}
-	}
-	sort.SliceStable(extra, func(i, j int) bool { return len(extra[i].Quirks) < len(extra[j].Quirks) })
-	return append(out, extra...)
-}
 
 func toServerOpts(v policy.VerifyOptions, binding []byte, ak crypto.PublicKey) server.VerifyOpts {
 	o := server.VerifyOpts{
@@ -133,10 +118,16 @@ func (p *Pipeline) verifyQuote(refs *policy.RefSet, o *Outcome) error {
 	logDigest := sha256.Sum256(att.GetEventLog())
 	verified := map[tpm2.Algorithm]bool{}
 	var firstErr error
-	for _, cand := range verifyOptionCandidates(refs) {
+	// No downgrade: a log with SHA-256 (or SHA-384) digests, quoted on that
+	// bank, is never verified on its SHA-1 bank, whatever a profile allows.
+	// Otherwise a log whose SHA-256 digests do not replay could pass on
+	// SHA-1 digests chosen to.
+	noSHA1 := (byBank[tpm2.AlgSHA256] != nil && logHasBank(att.GetEventLog(), tpm2.AlgSHA256)) ||
+		(byBank[tpm2.AlgSHA384] != nil && logHasBank(att.GetEventLog(), tpm2.AlgSHA384))
+	for _, cand := range refs.VerifyCandidates() {
 		alg := bankAlgs[cand.Bank]
 		q := byBank[alg]
-		if q == nil {
+		if q == nil || (alg == tpm2.AlgSHA1 && noSHA1) {
 			continue
 		}
 		// The quote's signature, nonce and PCR digest are checked on every
@@ -152,10 +143,13 @@ func (p *Pipeline) verifyQuote(refs *policy.RefSet, o *Outcome) error {
 		r, ok := p.replays.Get(key)
 		if !ok {
 			ms, err := verifyAttestation(att, toServerOpts(cand, o.Binding, o.AK.Public))
+			var boot *policy.BootFacts
 			if err != nil {
 				err = classifyLogError(cand, err)
+			} else {
+				boot, err = classifyBoot(cand, q.GetPcrs(), ms)
 			}
-			r = replayResult{machine: ms, err: err}
+			r = replayResult{machine: ms, boot: boot, err: err}
 			p.replays.Add(key, r)
 		}
 		if r.err == nil {
@@ -163,7 +157,7 @@ func (p *Pipeline) verifyQuote(refs *policy.RefSet, o *Outcome) error {
 			for idx, v := range q.GetPcrs().GetPcrs() {
 				pcrs[int(idx)] = v
 			}
-			o.Quote = &QuoteResult{Machine: r.machine, Verify: cand, Quote: q, PCRs: pcrs}
+			o.Quote = &QuoteResult{Machine: r.machine, Boot: r.boot, Verify: cand, Quote: q, PCRs: pcrs}
 			return nil
 		}
 		if firstErr == nil {
@@ -193,7 +187,23 @@ func verifyAttestation(att *attest.Attestation, opts server.VerifyOpts) (ms *att
 // of PCR values with one set of options. Machine is shared: never modify it.
 type replayResult struct {
 	machine *attest.MachineState
+	boot    *policy.BootFacts
 	err     error
+}
+
+// classifyBoot classifies the verified log's events for appraisal, once
+// per replay: go-tpm-tools' MachineState carries the raw events of the
+// verified replay and the parsed secure boot state.
+func classifyBoot(v policy.VerifyOptions, pcrs *tpmpb.PCRs, ms *attest.MachineState) (*policy.BootFacts, error) {
+	st, err := server.ConvertToFirmwareState(ms)
+	if err != nil {
+		return nil, vattest.Errorf(vattest.ReasonEventLogMalformed, "the verified firmware log state cannot be read: %w", err)
+	}
+	vals := make(map[int][]byte, len(pcrs.GetPcrs()))
+	for idx, d := range pcrs.GetPcrs() {
+		vals[int(idx)] = d
+	}
+	return policy.NewBootFacts(policy.Bank(v.Bank), vals, st.GetRawEvents(), st), nil
 }
 
 // replayKey identifies a replay: the options, the quoted PCR values, the log
@@ -242,4 +252,39 @@ func classifyLogError(v policy.VerifyOptions, err error) error {
 		return vattest.Errorf(vattest.ReasonRefsNoProfile, "the log only verifies on the SHA-1 bank, and no reference profile allows %q", policy.QuirkSHA1)
 	}
 	return vattest.Errorf(vattest.ReasonEventLogEvent, "the firmware event log replays to the quoted PCRs, but an event's content is invalid or does not match its digest, or the platform needs a quirk no profile allows: %v", err)
+}
+
+func denyNote(note string) string {
+	if note == "" {
+		return ""
+	}
+	return " (" + note + ")"
+}
+
+// logHasBank reports whether a TCG event log carries digests of a bank: a
+// crypto-agile log lists its algorithms in the Spec ID event (the first
+// event, in the SHA-1 format); a log without one is SHA-1 only.
+func logHasBank(log []byte, alg tpm2.Algorithm) bool {
+	const headerLen = 32 // PCR index, type, SHA-1 digest, event size
+	if len(log) < headerLen {
+		return false
+	}
+	size := int(binary.LittleEndian.Uint32(log[28:32]))
+	data := log[headerLen:]
+	if size > len(data) {
+		return false
+	}
+	data = data[:size]
+	// TCG_EfiSpecIDEvent: signature[16], platformClass u32, versions 3×u8,
+	// uintnSize u8, numberOfAlgorithms u32, then {algorithmId u16, digestSize u16}.
+	if len(data) < 28 || string(data[:15]) != "Spec ID Event03" {
+		return alg == tpm2.AlgSHA1
+	}
+	n := int(binary.LittleEndian.Uint32(data[24:28]))
+	for i := 0; i < n && 28+4*i+4 <= len(data); i++ {
+		if tpm2.Algorithm(binary.LittleEndian.Uint16(data[28+4*i:])) == alg {
+			return true
+		}
+	}
+	return false
 }
