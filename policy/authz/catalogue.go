@@ -15,8 +15,8 @@ import (
 // Intent is one entry of the intent catalogue: what an agent acting under it
 // may need to do.
 type Intent struct {
-	Name        string   `yaml:"-"`
-	Description string   `yaml:"description,omitempty"`
+	Name        string `yaml:"-"`
+	Description string `yaml:"description,omitempty"`
 	// Actions may be granted standing, in a credential's scope.
 	Actions []string `yaml:"actions"`
 	// Elevate may be granted only just in time (POST /v1/elevate): one
