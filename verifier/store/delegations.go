@@ -351,3 +351,13 @@ func (s *Store) CredentialsByDelegation(ctx context.Context, id string, now time
 	}
 	return out, rows.Err()
 }
+
+// PruneCredentialUses forgets single-use credentials that expired before
+// the given time: they are refused as expired anyway.
+func (s *Store) PruneCredentialUses(ctx context.Context, before time.Time) error {
+	_, err := s.db.ExecContext(ctx, `DELETE FROM credential_uses WHERE expires_at < ?`, unixNano(before))
+	if err != nil {
+		return fmt.Errorf("pruning credential uses: %w", err)
+	}
+	return nil
+}
