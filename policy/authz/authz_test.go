@@ -402,3 +402,45 @@ func TestAgentFromClaims(t *testing.T) {
 		t.Errorf("no submods: ear status %q", got)
 	}
 }
+
+func FuzzParseCatalogue(f *testing.F) {
+	b, _ := fs.ReadFile(DefaultFS(), CatalogueFile)
+	f.Add(b)
+	f.Add([]byte("intents:\n  x:\n    actions: [documents:read]\n    elevate: [documents:write]\n"))
+	f.Add([]byte("intents: {a: null}"))
+	known := map[string]bool{"documents:read": true, "documents:write": true}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := ParseCatalogue(b, known)
+		if err != nil {
+			return
+		}
+		for name, in := range c.Intents {
+			if in.Name != name || len(in.Actions)+len(in.Elevate) == 0 {
+				t.Fatalf("intent %q accepted as %+v", name, in)
+			}
+			for _, a := range append(append([]string{}, in.Actions...), in.Elevate...) {
+				if !known[a] {
+					t.Fatalf("unknown action %q accepted", a)
+				}
+			}
+		}
+	})
+}
+
+func FuzzParseWindow(f *testing.F) {
+	for _, s := range []string{"08:00-18:00", "22:00-06:00", "8-9", "00:00-23:59"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		w, err := ParseWindow(s)
+		if err != nil {
+			return
+		}
+		if w.Start < 0 || w.Start >= 24*60 || w.End < 0 || w.End >= 24*60 || w.Start == w.End {
+			t.Fatalf("%q parsed to %+v", s, w)
+		}
+		if w2, err := ParseWindow(w.String()); err != nil || *w2 != *w {
+			t.Fatalf("%q → %s does not round-trip", s, w)
+		}
+	})
+}
