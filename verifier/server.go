@@ -51,6 +51,18 @@ const (
 	DatabaseFile = "vouch.db"
 )
 
+// DefaultDataDir is where vouchd keeps its state when --data is not given:
+// $XDG_STATE_HOME/vouchd, else ~/.local/state/vouchd.
+func DefaultDataDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" && filepath.IsAbs(d) {
+		return filepath.Join(d, "vouchd")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "vouchd")
+	}
+	return "vouchd-data"
+}
+
 // Developer is the ear.verifier-id developer of this verifier.
 const Developer = "vouch.dev"
 

@@ -32,20 +32,11 @@ These commands open the verifier's database directly (--data, the same
 directory vouchd uses); run them on the verifier host. SQLite allows them to
 run while vouchd does.`,
 	}
-	cmd.PersistentFlags().String("data", defaultDataDir(), "the verifier's data directory")
+	cmd.PersistentFlags().String("data", verifier.DefaultDataDir(), "the verifier's data directory")
 	cmd.AddCommand(newEnrollCmd(), newAgentsListCmd(), newAgentsRevokeCmd())
 	return cmd
 }
 
-func defaultDataDir() string {
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
-		return filepath.Join(d, "vouchd")
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(home, ".local", "state", "vouchd")
-	}
-	return "vouchd-data"
-}
 
 func openStore(cmd *cobra.Command) (*store.Store, error) {
 	dir, _ := cmd.Flags().GetString("data")

@@ -16,7 +16,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -83,7 +82,7 @@ beyond loopback.`,
 	f := cmd.Flags()
 	cliconf.AddFlags(cmd.PersistentFlags())
 	f.StringVar(&o.listen, "listen", "127.0.0.1:8700", "address to listen on (host:port; port 0 picks a free one)")
-	f.StringVar(&o.data, "data", defaultDataDir(), "data directory: database, signing keys, audit log (created 0700)")
+	f.StringVar(&o.data, "data", verifier.DefaultDataDir(), "data directory: database, signing keys, audit log (created 0700)")
 	f.StringVar(&o.refs, "refs", "", "directory of reference-value YAML files (default: the set built into vouchd)")
 	f.StringVar(&o.issuer, "issuer", "vouchd", "issuer (iss) of the credentials, e.g. https://vouch.example")
 	f.DurationVar(&o.credTTL, "credential-ttl", verifier.DefaultCredentialTTL, "lifetime of issued credentials (max 1h)")
@@ -98,15 +97,6 @@ beyond loopback.`,
 	return cmd
 }
 
-func defaultDataDir() string {
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
-		return filepath.Join(d, "vouchd")
-	}
-	if home, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(home, ".local", "state", "vouchd")
-	}
-	return "vouchd-data"
-}
 
 func loadRefs(dir string) (*policy.RefSet, error) {
 	if dir == "" {

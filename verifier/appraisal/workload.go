@@ -3,6 +3,8 @@ package appraisal
 import (
 	"bytes"
 	"crypto"
+	"encoding/binary"
+	"fmt"
 
 	"github.com/GoogleCloudPlatform/confidential-space/server/coscel"
 	"github.com/GoogleCloudPlatform/confidential-space/server/extract"
@@ -33,6 +35,9 @@ func verifyWorkload(o *Outcome) error {
 	raw := o.AK.Attestation.GetCanonicalEventLog()
 	if len(raw) == 0 {
 		return vattest.Errorf(vattest.ReasonCELMissing, "the evidence has no canonical event log; the agent must measure its image (reference, digest) into PCR %d before attesting", policy.WorkloadPCR)
+	}
+	if err := checkCELFraming(raw, 0); err != nil {
+		return vattest.Errorf(vattest.ReasonCELMalformed, "the canonical event log is not well framed: %w", err)
 	}
 	log, err := cel.DecodeToCEL(bytes.NewBuffer(raw))
 	if err != nil {
@@ -90,6 +95,38 @@ func verifyWorkload(o *Outcome) error {
 			Env:         c.GetEnvVars(),
 		},
 		Records: len(recs),
+	}
+	return nil
+}
+
+// CEL TLV framing: a type byte, a big-endian 32-bit length, the value.
+const (
+	celTLVHeader  = 5
+	celDigestsTLV = 3 // the record field whose value is itself a list of TLVs
+)
+
+// checkCELFraming checks that every TLV length in raw, and in the digest
+// lists nested in it, fits in the bytes that follow. go-eventlog's decoder
+// allocates whatever length a TLV header claims before reading it, so an
+// unchecked 7-byte CEL could make the verifier allocate 4 GiB (found by
+// FuzzWorkloadStepCEL).
+func checkCELFraming(raw []byte, depth int) error {
+	for off := 0; off < len(raw); {
+		if len(raw)-off < celTLVHeader {
+			return fmt.Errorf("truncated TLV header at byte %d", off)
+		}
+		typ, n := raw[off], binary.BigEndian.Uint32(raw[off+1:])
+		rest := len(raw) - off - celTLVHeader
+		if uint64(n) > uint64(rest) {
+			return fmt.Errorf("TLV at byte %d declares %d value bytes; %d remain", off, n, rest)
+		}
+		if typ == celDigestsTLV && depth == 0 {
+			value := raw[off+celTLVHeader : off+celTLVHeader+int(n)]
+			if err := checkCELFraming(value, 1); err != nil {
+				return fmt.Errorf("digests at byte %d: %w", off, err)
+			}
+		}
+		off += celTLVHeader + int(n)
 	}
 	return nil
 }
