@@ -1,7 +1,9 @@
 package access_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"net/http"
 	"slices"
 	"testing"
@@ -71,4 +73,42 @@ func BenchmarkDecideVerified(b *testing.B) {
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns")
+}
+
+// BenchmarkAuthorizeHTTP is /v1/authorize over loopback HTTP, questions
+// (with their proofs) encoded before the timer starts, from parallel
+// clients.
+func BenchmarkAuthorizeHTTP(b *testing.B) {
+	f := newFixture(b)
+	dlg := f.delegate(b, nil)
+	cred := f.mint(b, nil, func(c *attest.Claims) { c.Delegation = dlg.ID })
+	bodies := make(chan []byte, b.N)
+	for range b.N {
+		body, err := json.Marshal(f.question(b, cred, nil, http.MethodGet, "documents:read", report))
+		if err != nil {
+			b.Fatal(err)
+		}
+		bodies <- body
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 64}
+	hc := &http.Client{Transport: tr}
+	url := f.http.URL + attest.AuthorizePath
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := hc.Post(url, "application/json", bytes.NewReader(<-bodies))
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			var d attest.Decision
+			json.NewDecoder(resp.Body).Decode(&d)
+			resp.Body.Close()
+			if !d.Permitted() {
+				b.Errorf("denied: %+v", d)
+				return
+			}
+		}
+	})
 }
