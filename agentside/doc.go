@@ -30,8 +30,18 @@
 //     started by "swtpm socket --tpm2 --server type=tcp,port=PORT --flags
 //     not-need-init,startup-clear --tpmstate dir=DIR". Also a development TPM
 //     (its state directory holds its secrets), but a real, separate one.
-//   - "/dev/tpmrm0" (a real TPM through the kernel resource manager, firmware
-//     log from securityfs): recognised, not implemented yet; Open says so.
+//   - "/dev/tpmrm0": a real TPM through the kernel resource manager
+//     ("/dev/tpm0" uses /dev/tpmrm0 when it exists). The firmware event log
+//     is read from /sys/kernel/security/tpmN/binary_bios_measurements, or
+//     given with [TPM.UseFirmwareLog]. The user needs access to the device
+//     (group tss on most distributions).
+//
+// swtpm is spoken to over its raw TCP data channel rather than the
+// Microsoft-simulator protocol (go-tpm's tpm2/transport/tcp): the data
+// channel works with any swtpm started as above, needs no control-channel
+// power cycle (which would reset the PCRs a boot replay extended), and the
+// framing is done here (tpmStream). tpm2-tools reach the same swtpm through
+// its "swtpm" TCTI on the same port (control channel on port+1).
 //
 // Every use of a TPM goes through one mutex, so a [TPM] and the [Agent] on it
 // can be shared between goroutines; TPMs themselves are not concurrent.

@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -29,46 +27,7 @@ import (
 // loopback port and returns its spec. It skips the test without swtpm.
 func startSWTPM(t *testing.T) string {
 	t.Helper()
-	bin := testenv.LookTool(t, "swtpm", "swtpm")
-	var port int
-	for range 10 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port = l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if port < 65535 {
-			break
-		}
-	}
-	cmd := exec.Command(bin, "socket", "--tpm2",
-		"--server", "type=tcp,bindaddr=127.0.0.1,port="+strconv.Itoa(port),
-		"--ctrl", "type=tcp,bindaddr=127.0.0.1,port="+strconv.Itoa(port+1),
-		"--tpmstate", "dir="+t.TempDir(),
-		"--flags", "not-need-init,startup-clear")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	for i := 0; ; i++ {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if i == 100 {
-			t.Fatalf("swtpm does not listen on %s: %v\n%s", addr, err, stderr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return "swtpm:" + addr
+	return testenv.StartSWTPM(t, "").Spec
 }
 
 // TestSWTPMEvidence runs the whole agent side on swtpm and checks the

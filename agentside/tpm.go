@@ -132,7 +132,14 @@ func Open(ctx context.Context, spec string, opts OpenOptions) (*TPM, error) {
 			return nil, fmt.Errorf("TPM spec %q: %w", spec, err)
 		}
 	case kindDevice:
-		return nil, fmt.Errorf("TPM spec %q: device TPMs are %w; use %q", spec, ErrNotSupported, SpecSimulator)
+		var logPath string
+		if t.rwc, logPath, err = openDevice(ps.path, logger); err != nil {
+			return nil, fmt.Errorf("TPM spec %q: %w", spec, err)
+		}
+		if t.firmwareLog, err = readFirmwareLog(logPath); err != nil {
+			// Not fatal: the log may be given with UseFirmwareLog (--boot-log).
+			logger.Warn("cannot read the firmware event log; attestation needs it", "path", logPath, "err", err)
+		}
 	}
 	if t.banks, err = client.AllocatedPCRs(t.rwc); err != nil {
 		_ = t.rwc.Close()

@@ -3,6 +3,7 @@ package agentside
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,12 +44,26 @@ func TestParseSpec(t *testing.T) {
 	}
 }
 
-func TestOpenNotSupported(t *testing.T) {
-	for _, spec := range []string{"/dev/tpmrm0"} {
-		_, err := Open(context.Background(), spec, OpenOptions{})
-		if !errors.Is(err, ErrNotSupported) {
-			t.Errorf("Open(%q) = %v, want ErrNotSupported", spec, err)
+func TestOpenDevice(t *testing.T) {
+	cases := map[string]string{
+		"/dev/null":        "not a TPM device",
+		"/dev/tpm9x":       "not a TPM device",
+		"/tmp/not-a-tpm-0": "not a TPM device",
+	}
+	if _, err := os.Stat("/dev/tpmrm7"); err != nil {
+		cases["/dev/tpmrm7"] = "opening /dev/tpmrm7"
+	}
+	for spec, want := range cases {
+		_, err := Open(context.Background(), spec, OpenOptions{Logger: discard()})
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Open(%q) = %v, want an error containing %q", spec, err, want)
 		}
+	}
+	if m := devicePattern.FindStringSubmatch("/dev/tpm0"); m == nil || m[1] != "" || fmt.Sprintf(securityfsLog, m[2]) != "/sys/kernel/security/tpm0/binary_bios_measurements" {
+		t.Errorf("/dev/tpm0: %q", m)
+	}
+	if m := devicePattern.FindStringSubmatch("/dev/tpmrm1"); m == nil || m[1] != "rm" || m[2] != "1" {
+		t.Errorf("/dev/tpmrm1: %q", m)
 	}
 	if _, err := Open(context.Background(), "sim", OpenOptions{}); err == nil || !strings.Contains(err.Error(), "state directory") {
 		t.Errorf("Open(sim) without a state directory = %v", err)

@@ -40,6 +40,21 @@ const (
 	ReasonAKMalformed  Reason = "ak-malformed"  // the AK public area cannot be decoded
 )
 
+// Enrollment: why an attestation key becomes trusted (POST /v1/enroll).
+const (
+	ReasonEKCertMissing        Reason = "ek-cert-missing"           // no EK certificate, and the EK is not on the allowlist
+	ReasonEKCertMalformed      Reason = "ek-cert-malformed"         // the EK certificate cannot be parsed, or has an extension the verifier does not understand
+	ReasonEKCertUntrusted      Reason = "ek-cert-untrusted"         // the EK certificate does not chain to a configured manufacturer root
+	ReasonEKCertExpired        Reason = "ek-cert-expired"           // the EK certificate is outside its validity period
+	ReasonEKKeyMismatch        Reason = "ek-key-mismatch"           // the TPM's EK is not the key its EK certificate certifies
+	ReasonAKCertUntrusted      Reason = "ak-cert-untrusted"         // the AK certificate does not chain to a configured AK root, or certifies another key
+	ReasonEnrollModeDisabled   Reason = "enroll-mode-disabled"      // the enrollment mode needs roots or an allowlist this verifier lacks
+	ReasonEnrollChallengeGone  Reason = "enroll-challenge-unknown"  // the activation names no challenge this verifier issued
+	ReasonEnrollChallengeStale Reason = "enroll-challenge-expired"  // the activation came after the challenge expired
+	ReasonEnrollReplayed       Reason = "enroll-challenge-replayed" // the challenge was already answered
+	ReasonActivationFailed     Reason = "enroll-activation-failed"  // the answer is not the secret: the AK is not in the TPM of that EK
+)
+
 // TPM quote and event logs.
 const (
 	ReasonQuoteInvalid      Reason = "quote-invalid"       // signature, nonce or PCR digest of the quote is wrong

@@ -28,6 +28,7 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("POST /v1/challenge", s.instrument("challenge", s.handleChallenge))
 	mux.Handle("POST /v1/attest", s.instrument("attest", s.handleAttest))
 	mux.Handle("GET /v1/keys", s.instrument("keys", s.handleKeys))
+	s.enroll.Register(mux, s.instrument)
 	s.access.Register(func(pattern, route string, h func(http.ResponseWriter, *http.Request) error) {
 		mux.Handle(pattern, s.instrument(route, h))
 	})

@@ -10,6 +10,8 @@
 //	POST /v1/attest      ← application/vnd.vouch.evidence+cbor
 //	                     → 200 application/cwt (the credential)
 //	GET  /v1/keys        → 200 application/cose-key-set
+//	POST /v1/enroll      → 201 activation challenge (package verifier/enroll)
+//	POST /v1/enroll/activate → 201 enrollment
 //	POST /v1/authorize, POST /v1/elevate, /v1/delegations, /v1/users:
 //	                       authorization (package verifier/access)
 //	GET  /healthz        → 200 while the process serves
@@ -36,6 +38,7 @@ import (
 	"github.com/vouch-dev/vouch/verifier/access"
 	"github.com/vouch-dev/vouch/verifier/appraisal"
 	"github.com/vouch-dev/vouch/verifier/audit"
+	"github.com/vouch-dev/vouch/verifier/enroll"
 	"github.com/vouch-dev/vouch/verifier/issuer"
 	"github.com/vouch-dev/vouch/verifier/store"
 )
@@ -88,11 +91,15 @@ type Config struct {
 	Registry *prometheus.Registry
 	// Now returns the current time; time.Now when nil. Tests move it.
 	Now func() time.Time
+	// Enrollment configures enrollment by credential activation (EK roots,
+	// EK allowlist, AK roots); New fills in its Store, Audit, Log, Build
+	// and Now. The zero value refuses every enrollment request.
+	Enrollment enroll.Options
+	// Audit receives audit records; nil = not recorded yet.
+	Audit audit.Log
 	// Policy holds the authorization policy (Cedar schema, intents,
 	// policies); nil means the built-in set (policy/authz).
 	Policy *authz.Holder
-	// Audit receives a record per decision; nil records nothing (yet).
-	Audit audit.Log
 	// ExternalURL is the verifier's origin as clients address it; see
 	// access.Options.ExternalURL.
 	ExternalURL string
@@ -109,6 +116,7 @@ type Server struct {
 	keys     *issuer.Keys
 	pipeline *appraisal.Pipeline
 	access   *access.Service
+	enroll   *enroll.Service
 	metrics  *metrics
 	handler  http.Handler
 }
@@ -167,6 +175,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Observe:      s.metrics.observeStep,
 	})
 	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	eo := cfg.Enrollment
+	eo.Store, eo.Audit, eo.Log, eo.Build, eo.Now = st, cfg.Audit, cfg.Logger, cfg.Build, cfg.Now
+	if s.enroll, err = enroll.New(eo); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -258,6 +272,9 @@ func (s *Server) pruneLoop(ctx context.Context) {
 				s.log.Warn("pruning nonces", "err", err)
 			} else if n > 0 {
 				s.log.Debug("pruned nonces", "count", n)
+			}
+			if _, err := s.store.PruneEnrollChallenges(ctx, s.cfg.Now().Add(-time.Hour)); err != nil {
+				s.log.Warn("pruning enrollment challenges", "err", err)
 			}
 		}
 	}

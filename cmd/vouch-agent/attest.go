@@ -29,7 +29,7 @@ type tpmFlags struct {
 
 func (f *tpmFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&f.spec, "tpm", agentside.SpecSimulator,
-		`TPM to use: "sim" (in-process simulator; INSECURE, development only), "swtpm:HOST:PORT" (swtpm's TCP data channel; start swtpm with --flags not-need-init,startup-clear) or "/dev/tpmrm0" (not supported yet)`)
+		`TPM to use: "sim" (in-process simulator; INSECURE, development only), "swtpm:HOST:PORT" (swtpm's TCP data channel; start swtpm with --flags not-need-init,startup-clear) or "/dev/tpmrm0" (a real TPM through the kernel resource manager; firmware log from securityfs)`)
 	fs.StringVar(&f.state, "state", "",
 		"state directory; the simulator keeps its seed there, so its AK stays the same between runs (default $XDG_STATE_HOME/vouch-agent or ~/.local/state/vouch-agent)")
 }
@@ -174,9 +174,12 @@ func (a *app) runAttest(ctx context.Context, f *attestFlags) error {
 	case tpm.Firmwareless() && bootLog == nil:
 		return usagef("TPM %q has no firmware: pass --boot-log FILE, a recorded firmware event log (e.g. testdata/eventlogs/ubuntu-2404-amd-sevsnp.bin)", f.tpm.spec)
 	case !tpm.Firmwareless() && bootLog != nil:
-		return usagef("--boot-log only applies to TPMs without firmware (sim, swtpm); TPM %q was measured by its firmware", f.tpm.spec)
-	}
-	if bootLog != nil {
+		// A device: the log its firmware wrote, copied where the agent can
+		// read it (securityfs is root-only).
+		if err := tpm.UseFirmwareLog(bootLog); err != nil {
+			return err
+		}
+	case bootLog != nil:
 		if err := tpm.Boot(bootLog); err != nil {
 			return fmt.Errorf("%s: %w", f.bootLog, err)
 		}

@@ -104,7 +104,12 @@ of the agent key, both bound to the verifier's nonce and to what the agent asks
 for — what it is and what it runs. The verifier answers with a short-lived
 credential (a COSE_Sign1 CWT) bound to the agent key.
 
-First enroll the TPM's attestation key with the verifier operator:
+First enroll the TPM's attestation key with the verifier, by credential
+activation against the TPM's EK certificate (the default; see enroll --help):
+
+  vouch-agent enroll --verifier https://vouch.example
+
+or, where the verifier has no EK roots for this TPM, by the operator's word:
 
   vouch-agent ak --out ak.pem              # then: vouch agents enroll --ak-pub ak.pem
 
@@ -119,7 +124,9 @@ DEVELOPMENT ONLY: its keys derive from a seed file in the state directory, and
 it has no firmware, so --boot-log replays a recorded firmware event log into
 it. "swtpm:HOST:PORT" is swtpm's TCP data channel (start it with
 "swtpm socket --tpm2 --server type=tcp,port=PORT --flags not-need-init,startup-clear");
-it has no firmware either. "/dev/tpmrm0" is recognised but not supported yet.
+it has no firmware either. "/dev/tpmrm0" is a real TPM through the kernel
+resource manager (user in group tss); its firmware log is read from
+securityfs, or given with --boot-log (a copy of it).
 
 Every flag can also be set with an environment variable: VOUCH_ and the flag
 name in upper case with - as _ (--image-digest is VOUCH_IMAGE_DIGEST), or with a
@@ -143,6 +150,6 @@ Exit codes: 0 success, 1 error, 2 usage error, 3 the verifier refused.`,
 	}
 	cliconf.AddFlags(root.PersistentFlags())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(a.attestCmd(), a.akCmd())
+	root.AddCommand(a.attestCmd(), a.akCmd(), a.quoteCmd(), a.enrollCmd())
 	return root
 }

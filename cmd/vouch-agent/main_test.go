@@ -211,7 +211,7 @@ func TestAttestErrors(t *testing.T) {
 		{"unknown flag", with("--nope"), exitUsage, "unknown flag"},
 		{"bad log level", with("--log-level", "loud"), exitUsage, "--log-level"},
 		{"swtpm down", with("--tpm", "swtpm:"+closedPort(t)), exitError, "connecting to swtpm"},
-		{"device tpm", []string{"attest", "--tpm", "/dev/tpmrm0", "--verifier", srv.URL, "--image-ref", "r", "--image-digest", testDigest}, exitError, "not supported yet"},
+		{"device tpm", []string{"attest", "--tpm", "/dev/tpmrm9", "--verifier", srv.URL, "--image-ref", "r", "--image-digest", testDigest}, exitError, "opening /dev/tpmrm9"},
 		{"missing boot log file", with("--boot-log", filepath.Join(state, "nope.bin")), exitError, "no such file"},
 		{"unreplayable boot log", with("--boot-log", filepath.Join("..", "..", "testdata", "eventlogs", "glinux-alex.bin")), exitError, "locality 3"},
 		{"verifier down", with("--log-level", "error"), exitError, "unavailable"},

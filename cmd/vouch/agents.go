@@ -37,7 +37,6 @@ run while vouchd does.`,
 	return cmd
 }
 
-
 func openStore(cmd *cobra.Command) (*store.Store, error) {
 	dir, _ := cmd.Flags().GetString("data")
 	if _, err := os.Stat(dir); err != nil {
@@ -57,12 +56,14 @@ func newEnrollCmd() *cobra.Command {
 	var akFile, name string
 	cmd := &cobra.Command{
 		Use:   "enroll --ak-pub FILE [--name NAME]",
-		Short: "Trust an attestation key on the operator's word",
+		Short: "Trust an attestation key on the operator's word (fallback)",
 		Long: `enroll records an AK public key (PEM "PUBLIC KEY", as written by
-vouch-agent ak --out) as trusted. This is operator enrollment: the verifier
-trusts the AK because you say it belongs to a machine you control. Prefer
-enrollment by credential activation against the TPM's EK certificate where
-the TPM has one.`,
+vouch-agent ak --out) as trusted. This is operator enrollment, the fallback:
+the verifier trusts the AK because you say it belongs to a machine you
+control. The default is enrollment by credential activation against the
+TPM's EK certificate (vouchd --ek-roots, vouch-agent enroll); use this for
+TPMs without an EK certificate you can configure, or to re-admit a TPM whose
+enrollment you revoked (see docs/hardware-trust.md).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			spki, err := readAKPublic(akFile)
@@ -140,10 +141,12 @@ func newAgentsListCmd() *cobra.Command {
 					RevokedAt  *time.Time `json:"revoked_at,omitempty"`
 					RevokedBy  string     `json:"revoked_by,omitempty"`
 					RevokeNote string     `json:"revoke_reason,omitempty"`
+					EK         string     `json:"ek_digest,omitempty"`
+					Detail     string     `json:"detail,omitempty"`
 				}
 				rows := []row{}
 				for _, e := range list {
-					rows = append(rows, row{hex.EncodeToString(e.AKDigest), e.Method, e.Name, e.EnrolledBy, e.EnrolledAt, e.RevokedAt, e.RevokedBy, e.RevokeReason})
+					rows = append(rows, row{hex.EncodeToString(e.AKDigest), e.Method, e.Name, e.EnrolledBy, e.EnrolledAt, e.RevokedAt, e.RevokedBy, e.RevokeReason, hex.EncodeToString(e.EKDigest), e.Detail})
 				}
 				return printJSON(cmd.OutOrStdout(), rows)
 			}

@@ -27,6 +27,7 @@ import (
 	"github.com/vouch-dev/vouch/policy"
 	"github.com/vouch-dev/vouch/policy/authz"
 	"github.com/vouch-dev/vouch/verifier"
+	"github.com/vouch-dev/vouch/verifier/enroll"
 )
 
 func main() {
@@ -44,6 +45,8 @@ type options struct {
 	authzDir, externalURL      string
 	tlsClientCA                string
 	elevationTTL               time.Duration
+	ekRoots, akRoots, ekAllow  string
+	ekFetchIssuers             bool
 }
 
 func newRoot() *cobra.Command {
@@ -94,9 +97,12 @@ beyond loopback.`,
 	f.StringVar(&o.authzDir, "authz-policy", "", "authorization policy directory: schema.cedarschema, intents.yaml, policies/*.cedar (default: the built-in set); SIGHUP reloads it, keeping the old set if the new one is invalid")
 	f.StringVar(&o.externalURL, "external-url", "", "this verifier's origin as agents and users address it (scheme://host[:port]), when behind a proxy; proofs and signed admin requests name it")
 	f.DurationVar(&o.elevationTTL, "elevation-ttl", 10*time.Second, "lifetime of single-use elevation credentials (max 10s)")
+	f.StringVar(&o.ekRoots, "ek-roots", "", "directory of TPM manufacturers' EK CA certificates (PEM/DER); enables enrollment by EK certificate and credential activation (POST /v1/enroll)")
+	f.StringVar(&o.ekAllow, "ek-allowlist", "", "file of EK public key digests (hex SHA-256 of the SubjectPublicKeyInfo, one per line, # comments) of TPMs without EK certificates that may enroll")
+	f.StringVar(&o.akRoots, "ak-roots", "", "directory of cloud providers' AK CA certificates; AKs with certificates chaining to them enroll without activation (vTPMs)")
+	f.BoolVar(&o.ekFetchIssuers, "ek-fetch-issuers", false, "fetch a missing EK certificate issuer from its AIA URL (the verifier then makes outbound HTTP requests to URLs found in TPM certificates)")
 	return cmd
 }
-
 
 func loadRefs(dir string) (*policy.RefSet, error) {
 	if dir == "" {
@@ -107,6 +113,10 @@ func loadRefs(dir string) (*policy.RefSet, error) {
 
 func run(ctx context.Context, o options, log *slog.Logger) error {
 	refs, err := loadRefs(o.refs)
+	if err != nil {
+		return err
+	}
+	eo, err := enrollOptions(o, log)
 	if err != nil {
 		return err
 	}
@@ -123,6 +133,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	policyHolder := authz.NewHolder(eng)
 	go reloadOnHUP(ctx, log, policyHolder, loadPolicy)
 	srv, err := verifier.New(ctx, verifier.Config{
+		Enrollment:    eo,
 		Policy:        policyHolder,
 		ExternalURL:   o.externalURL,
 		ElevationTTL:  o.elevationTTL,
@@ -177,6 +188,35 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	log.Info("vouchd stopped")
 	return nil
+}
+
+// enrollOptions loads the enrollment trust anchors the flags name.
+func enrollOptions(o options, log *slog.Logger) (enroll.Options, error) {
+	var eo enroll.Options
+	var err error
+	if o.ekRoots != "" {
+		if eo.EKRoots, err = enroll.LoadAnchors(o.ekRoots); err != nil {
+			return eo, fmt.Errorf("--ek-roots: %w", err)
+		}
+		log.Info("enrollment by EK certificate enabled", "ek_roots", o.ekRoots, "certificates", eo.EKRoots.Len())
+	}
+	if o.akRoots != "" {
+		if eo.AKRoots, err = enroll.LoadAnchors(o.akRoots); err != nil {
+			return eo, fmt.Errorf("--ak-roots: %w", err)
+		}
+	}
+	if o.ekAllow != "" {
+		if eo.EKAllowlist, err = enroll.LoadAllowlist(o.ekAllow); err != nil {
+			return eo, fmt.Errorf("--ek-allowlist: %w", err)
+		}
+	}
+	if o.ekFetchIssuers {
+		eo.FetchIssuer = enroll.HTTPFetcher(nil)
+	}
+	if eo.EKRoots == nil && eo.AKRoots == nil && eo.EKAllowlist == nil {
+		log.Warn("no --ek-roots, --ek-allowlist or --ak-roots: AKs can only be enrolled by an operator (vouch agents enroll)")
+	}
+	return eo, nil
 }
 
 func isLoopback(host string) bool {

@@ -18,6 +18,10 @@ type Enrollment struct {
 	EnrolledBy string // who enrolled it (operator name, or the EK that activated it)
 	EnrolledAt time.Time
 	EKDigest   []byte // SHA-256 of the EK public key, when known
+	// Detail is what the enrollment rested on, as JSON: for activation the
+	// EK certificate's issuer, serial, TPM manufacturer/model/version and
+	// the quirks tolerated; for an AK certificate its issuer and serial.
+	Detail string
 
 	RevokedAt    *time.Time
 	RevokedBy    string
@@ -35,14 +39,14 @@ func (s *Store) Enroll(ctx context.Context, e Enrollment) error {
 		return errors.New("enrollment needs the AK digest, AK public key and method")
 	}
 	res, err := s.db.ExecContext(ctx, `INSERT INTO enrollments
-		(ak_digest, ak_public, method, name, enrolled_by, enrolled_at, ek_digest)
-		VALUES (?, ?, ?, ?, ?, ?, ?)
+		(ak_digest, ak_public, method, name, enrolled_by, enrolled_at, ek_digest, detail)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (ak_digest) DO UPDATE SET
 			ak_public = excluded.ak_public, method = excluded.method, name = excluded.name,
 			enrolled_by = excluded.enrolled_by, enrolled_at = excluded.enrolled_at,
-			ek_digest = excluded.ek_digest, revoked_at = NULL, revoked_by = '', revoke_reason = ''
+			ek_digest = excluded.ek_digest, detail = excluded.detail, revoked_at = NULL, revoked_by = '', revoke_reason = ''
 		WHERE enrollments.revoked_at IS NOT NULL`,
-		e.AKDigest, e.AKPublic, e.Method, e.Name, e.EnrolledBy, unixNano(e.EnrolledAt), e.EKDigest)
+		e.AKDigest, e.AKPublic, e.Method, e.Name, e.EnrolledBy, unixNano(e.EnrolledAt), e.EKDigest, e.Detail)
 	if err != nil {
 		return fmt.Errorf("storing enrollment: %w", err)
 	}
@@ -108,7 +112,7 @@ func (s *Store) RevokeEnrollment(ctx context.Context, akDigest []byte, by, reaso
 }
 
 const enrollmentSelect = `SELECT ak_digest, ak_public, method, name, enrolled_by, enrolled_at, ek_digest,
-	revoked_at, revoked_by, revoke_reason FROM enrollments`
+	revoked_at, revoked_by, revoke_reason, detail FROM enrollments`
 
 func scanEnrollments(rows *sql.Rows) ([]Enrollment, error) {
 	defer rows.Close()
@@ -118,7 +122,7 @@ func scanEnrollments(rows *sql.Rows) ([]Enrollment, error) {
 		var enrolled int64
 		var revoked sql.NullInt64
 		if err := rows.Scan(&e.AKDigest, &e.AKPublic, &e.Method, &e.Name, &e.EnrolledBy, &enrolled, &e.EKDigest,
-			&revoked, &e.RevokedBy, &e.RevokeReason); err != nil {
+			&revoked, &e.RevokedBy, &e.RevokeReason, &e.Detail); err != nil {
 			return nil, fmt.Errorf("reading enrollment: %w", err)
 		}
 		e.EnrolledAt = fromNano(enrolled)

@@ -130,7 +130,23 @@ var migrations = []string{
 		log_index    INTEGER
 	);
 	CREATE INDEX credentials_subject ON credentials(subject);`,
-	// 2: users, delegations, revocation events, single-use credentials.
+	// 2: enrollment by credential activation (verifier/enroll).
+	`CREATE TABLE enroll_challenges (
+		id            BLOB PRIMARY KEY,
+		secret_digest BLOB NOT NULL,
+		ak_public     BLOB NOT NULL,
+		ek_digest     BLOB NOT NULL,
+		method        TEXT NOT NULL,
+		name          TEXT NOT NULL DEFAULT '',
+		detail        TEXT NOT NULL DEFAULT '',
+		issued_at     INTEGER NOT NULL,
+		expires_at    INTEGER NOT NULL,
+		used_at       INTEGER
+	);
+	CREATE INDEX enroll_challenges_expires ON enroll_challenges(expires_at);
+	ALTER TABLE enrollments ADD COLUMN detail TEXT NOT NULL DEFAULT '';
+	CREATE INDEX enrollments_ek ON enrollments(ek_digest);`,
+	// 3: users, delegations, revocation events, single-use credentials.
 	`CREATE TABLE users (
 		id          TEXT PRIMARY KEY,
 		public_key  BLOB NOT NULL,
