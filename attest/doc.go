@@ -146,6 +146,26 @@
 //	...
 //	http.ListenAndServe(addr, protect(mux))
 //
+// # Authorization
+//
+// A credential's scope (claim 9) lists "action:resource" entries ([ScopeEntry]):
+// an action "service:verb" and a resource in Cedar's entity syntax, whose id
+// may end in "*" as a prefix pattern ([ParseResource]):
+//
+//	documents:read:Document::"customer-A/*"
+//
+// A relying party authorizes each request in one of two modes, both
+// [MiddlewareOptions.Authorize] hooks fed by a [RequestMapper] that names the
+// request's action and resource:
+//
+//   - offline, [ScopeAuthorizer]: the scope must cover them ([ScopeAllows]);
+//     nothing else is consulted.
+//   - remote, [NewRemoteAuthorizer]: the verifier decides (POST /v1/authorize,
+//     JSON [AuthorizeRequest] → [Decision]), re-checking credential, proof,
+//     delegation status, intent, environment and Cedar policy every time.
+//
+// See docs/authorization.md for the trade-offs.
+//
 // # Failures
 //
 // Every refusal carries a [Reason]: a stable identifier that appears in

@@ -117,3 +117,21 @@ func ExampleVerifyCredential() {
 	// true true
 	// pop-target
 }
+
+// A scope entry grants one action on a resource or a prefix pattern of
+// resources; ScopeAllows is what the offline ScopeAuthorizer checks.
+func ExampleScopeAllows() {
+	scope := []string{`documents:read:Document::"customer-A/*"`, `summaries:create:Summary::"customer-A/report-7"`}
+	for _, q := range []struct{ action, resource string }{
+		{"documents:read", `Document::"customer-A/report-7"`},
+		{"documents:delete", `Document::"customer-A/report-7"`},
+		{"documents:read", `Document::"customer-B/report-1"`},
+	} {
+		res, _ := attest.ParseResource(q.resource)
+		fmt.Println(q.action, q.resource, attest.ScopeAllows(scope, q.action, res))
+	}
+	// Output:
+	// documents:read Document::"customer-A/report-7" true
+	// documents:delete Document::"customer-A/report-7" false
+	// documents:read Document::"customer-B/report-1" false
+}

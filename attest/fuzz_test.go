@@ -162,3 +162,29 @@ func FuzzPoPPayload(f *testing.F) {
 		mustTyped(t, "PoPVerifier.Verify", err)
 	})
 }
+
+// FuzzScopeEntry: parsing never panics, a parsed entry prints back to what
+// was parsed, and an entry always allows what it names when that is concrete.
+func FuzzScopeEntry(f *testing.F) {
+	for _, s := range []string{`documents:read:Document::"customer-A/*"`, `a:b:C::"x"`, `a:b:C::D::"*"`, `x`, `a:b:C::""`, `a:b:C::"a*b"`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		e, err := ParseScopeEntry(s)
+		if err != nil {
+			return
+		}
+		if e.String() != s {
+			t.Fatalf("%q parsed to %+v, prints %q", s, e, e.String())
+		}
+		if _, err := ParseResource(e.Resource.String()); err != nil {
+			t.Fatalf("resource %q of a parsed entry does not parse: %v", e.Resource, err)
+		}
+		if !e.Resource.IsPattern() && !ScopeAllows([]string{s}, e.Action, e.Resource) {
+			t.Fatalf("entry %q does not allow what it names", s)
+		}
+		if !e.Resource.Covers(e.Resource) {
+			t.Fatalf("%s does not cover itself", e.Resource)
+		}
+	})
+}

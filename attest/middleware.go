@@ -43,7 +43,8 @@ type MiddlewareOptions struct {
 	// error refuses the request with 503 (fail closed).
 	Revoked func(ctx context.Context, c *Claims) (bool, error)
 	// Authorize, if set, decides whether the credential allows this request
-	// (e.g. checks c.Scope). A non-nil error refuses with 403; an *Error's
+	// (e.g. checks c.Scope; see [ScopeAuthorizer] and [NewRemoteAuthorizer]).
+	// A non-nil error refuses with 403 (503 for ReasonUnavailable); an *Error's
 	// Reason and Detail are shown to the client, any other error's text is
 	// not (it is logged), and the reason is ReasonScopeInsufficient.
 	// Authorize must not consume r.Body: the handler reads it next.
@@ -178,6 +179,9 @@ func (m *middleware) check(r *http.Request) (*Claims, int, error) {
 		if err := m.opts.Authorize(ctx, c, r); err != nil {
 			var e *Error
 			if errors.As(err, &e) {
+				if e.Reason == ReasonUnavailable {
+					return nil, http.StatusServiceUnavailable, err
+				}
 				return nil, http.StatusForbidden, err
 			}
 			return nil, http.StatusForbidden, &Error{Reason: ReasonScopeInsufficient, Detail: "the credential does not allow this request", Err: err}

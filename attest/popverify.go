@@ -74,6 +74,14 @@ func NewPoPVerifier(opts PoPOptions) *PoPVerifier {
 // accepted before within the window. The id is recorded only when every
 // other check has passed. Failures are *Error with a ReasonPoP* reason.
 func (v *PoPVerifier) Verify(pop []byte, cnf *ecdsa.PublicKey, method, target string, body, credential []byte) (*PoPClaims, error) {
+	bd := sha256.Sum256(body)
+	return v.VerifyDigest(pop, cnf, method, target, bd[:], credential)
+}
+
+// VerifyDigest is [PoPVerifier.Verify] for a party that holds the SHA-256
+// of the request body rather than the body: the verifier deciding for a
+// relying party (POST /v1/authorize) is one.
+func (v *PoPVerifier) VerifyDigest(pop []byte, cnf *ecdsa.PublicKey, method, target string, bodyDigest, credential []byte) (*PoPClaims, error) {
 	if len(pop) == 0 {
 		return nil, Errorf(ReasonPoPMissing, "no proof of possession was presented; send a fresh one in the %s header with every request", PoPHeader)
 	}
@@ -130,9 +138,8 @@ func (v *PoPVerifier) Verify(pop []byte, cnf *ecdsa.PublicKey, method, target st
 	if iat.Sub(now) > v.futureSkew {
 		return nil, Errorf(ReasonPoPStale, "proof of possession is dated %s, more than %v in the future (now %s): check the client clock", iat.UTC().Format(time.RFC3339), v.futureSkew, now.UTC().Format(time.RFC3339))
 	}
-	bd := sha256.Sum256(body)
-	if !bytes.Equal(pc.BodyDigest, bd[:]) {
-		return nil, Errorf(ReasonPoPBody, "proof of possession body digest does not match the request body (%d bytes)", len(body))
+	if !bytes.Equal(pc.BodyDigest, bodyDigest) {
+		return nil, Errorf(ReasonPoPBody, "proof of possession body digest does not match the request body")
 	}
 	cd := sha256.Sum256(credential)
 	if !bytes.Equal(pc.CredentialDigest, cd[:]) {

@@ -134,6 +134,28 @@ const (
 	ReasonPoPCacheFull  Reason = "pop-cache-full" // replay cache is full; refusing rather than forgetting
 )
 
+// Authorization: delegations, intents, policy and environment. Given by the
+// verifier at issuance, by POST /v1/authorize and POST /v1/elevate, and by
+// the admin API.
+const (
+	ReasonDelegationMissing    Reason = "delegation-missing"     // no delegation named, so nothing can be granted
+	ReasonDelegationUnknown    Reason = "delegation-unknown"     // no delegation has this id
+	ReasonDelegationExpired    Reason = "delegation-expired"     // the delegation's validity ended, or has not begun
+	ReasonDelegationSuspended  Reason = "delegation-suspended"   // the delegating user suspended the delegation
+	ReasonDelegationRevoked    Reason = "delegation-revoked"     // the delegation was revoked
+	ReasonDelegationAgent      Reason = "delegation-agent"       // the delegation is not for this agent (image digest / agent id)
+	ReasonIntentUnknown        Reason = "intent-unknown"         // intent not in the catalogue, or not the delegation's intent
+	ReasonIntentAction         Reason = "intent-action"          // the action is not one the intent may need
+	ReasonResourceNotDelegated Reason = "resource-not-delegated" // the resource is outside the delegation's resources
+	ReasonScopeEmpty           Reason = "scope-empty"            // delegation ∩ intent ∩ policy grants nothing on the requested resources
+	ReasonPolicyDenied         Reason = "policy-denied"          // the Cedar policy set forbids the request, or no policy permits it
+	ReasonNetworkDenied        Reason = "network-denied"         // the source address is outside the allowed networks
+	ReasonTimeWindow           Reason = "time-window"            // the request is outside the allowed time window
+	ReasonElevationDenied      Reason = "elevation-denied"       // just-in-time elevation is not possible for this action or credential
+	ReasonUserUnauthenticated  Reason = "user-unauthenticated"   // admin API request without a valid user signature or client certificate
+	ReasonUserForbidden        Reason = "user-forbidden"         // the authenticated user may not do this
+)
+
 // Error is a refusal with a stable Reason and a message for the operator.
 // It wraps the underlying cause, if any.
 type Error struct {

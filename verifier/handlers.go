@@ -10,12 +10,14 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/vouch-dev/vouch/attest"
+	"github.com/vouch-dev/vouch/verifier/access"
 	"github.com/vouch-dev/vouch/verifier/appraisal"
 	"github.com/vouch-dev/vouch/verifier/issuer"
 	"github.com/vouch-dev/vouch/verifier/store"
@@ -27,6 +29,9 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("POST /v1/attest", s.instrument("attest", s.handleAttest))
 	mux.Handle("GET /v1/keys", s.instrument("keys", s.handleKeys))
 	s.enroll.Register(mux, s.instrument)
+	s.access.Register(func(pattern, route string, h func(http.ResponseWriter, *http.Request) error) {
+		mux.Handle(pattern, s.instrument(route, h))
+	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok\n")
@@ -82,7 +87,7 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) error {
 		s.refused(r.Context(), out, err)
 		return &appraisalError{err: err, out: out}
 	}
-	cred, claims, err := s.issue(r.Context(), out)
+	cred, claims, err := s.issue(r.Context(), out, r.RemoteAddr)
 	if err != nil {
 		return err
 	}
@@ -116,18 +121,35 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 	return io.ReadAll(body)
 }
 
-// issue mints and records the credential for a passed appraisal.
-func (s *Server) issue(ctx context.Context, out *appraisal.Outcome) ([]byte, *attest.Claims, error) {
+// issue mints and records the credential for a passed appraisal, with the
+// scope that delegation ∩ intent ∩ policy grants (package access).
+func (s *Server) issue(ctx context.Context, out *appraisal.Outcome, remoteAddr string) ([]byte, *attest.Claims, error) {
+	src, _ := netip.ParseAddrPort(remoteAddr)
+	grant, err := s.access.ScopeFor(ctx, &access.Issuance{
+		Request: out.Request, Subject: out.AgentKey.Subject, Submods: out.Appraisal.Submods,
+		AKDigest: out.AK.Digest, SourceIP: src.Addr().Unmap(),
+	})
+	if err != nil {
+		s.refused(ctx, out, err)
+		return nil, nil, err
+	}
 	id, err := issuer.NewID()
 	if err != nil {
 		return nil, nil, err
 	}
 	now := s.cfg.Now()
+	exp := now.Add(s.cfg.CredentialTTL)
+	if !grant.NotAfter.IsZero() && grant.NotAfter.Before(exp) {
+		exp = grant.NotAfter // never outlive the delegation
+	}
+	if exp.Unix() <= now.Unix() {
+		return nil, nil, attest.Errorf(attest.ReasonDelegationExpired, "delegation %s expires within the second", grant.Delegation)
+	}
 	c := &attest.Claims{
 		Issuer:     s.cfg.Issuer,
 		Subject:    out.AgentKey.Subject,
 		Audience:   out.Request.Audience,
-		Expiry:     now.Add(s.cfg.CredentialTTL).Unix(),
+		Expiry:     exp.Unix(),
 		NotBefore:  now.Unix(),
 		IssuedAt:   now.Unix(),
 		ID:         id,
@@ -136,8 +158,9 @@ func (s *Server) issue(ctx context.Context, out *appraisal.Outcome) ([]byte, *at
 		Profile:    attest.Profile,
 		Submods:    out.Appraisal.Submods,
 		VerifierID: attest.VerifierID{Developer: Developer, Build: s.cfg.Build},
-		Intent:     out.Request.Intent,
-		Delegation: out.Request.Delegation,
+		Scope:      grant.Scope,
+		Intent:     grant.Intent,
+		Delegation: grant.Delegation,
 	}
 	cred, err := s.keys.Sign(c)
 	if err != nil {
@@ -146,7 +169,7 @@ func (s *Server) issue(ctx context.Context, out *appraisal.Outcome) ([]byte, *at
 	rec := store.Credential{
 		ID: id, Subject: c.Subject, Audience: c.Audience, AKDigest: out.AK.Digest,
 		ImageDigest: out.Workload.ImageDigest, Scope: c.Scope,
-		IssuedAt: now, ExpiresAt: c.ExpiresAt(), LogIndex: c.LogIndex,
+		IssuedAt: now, ExpiresAt: c.ExpiresAt(), LogIndex: c.LogIndex, Delegation: c.Delegation,
 	}
 	if err := s.store.RecordCredential(ctx, rec); err != nil {
 		return nil, nil, unavailable(err)
@@ -290,6 +313,12 @@ func StatusFor(r attest.Reason) int {
 		attest.ReasonAppraisalWarn, attest.ReasonAKDenied, attest.ReasonRefsFirmware, attest.ReasonRefsOptionROM,
 		attest.ReasonRefsEFIApp, attest.ReasonRefsKernel, attest.ReasonRefsLoader, attest.ReasonRefsKernelCmdline,
 		attest.ReasonRefsSBAuthority, attest.ReasonRefsDBX, attest.ReasonRefsWorkloadConfig:
+		return http.StatusForbidden
+	case attest.ReasonDelegationMissing, attest.ReasonDelegationUnknown, attest.ReasonDelegationExpired,
+		attest.ReasonDelegationSuspended, attest.ReasonDelegationRevoked, attest.ReasonDelegationAgent,
+		attest.ReasonIntentUnknown, attest.ReasonIntentAction, attest.ReasonResourceNotDelegated,
+		attest.ReasonScopeEmpty, attest.ReasonPolicyDenied, attest.ReasonNetworkDenied, attest.ReasonTimeWindow,
+		attest.ReasonElevationDenied, attest.ReasonUserForbidden, attest.ReasonScopeInsufficient:
 		return http.StatusForbidden
 	}
 	return http.StatusUnauthorized

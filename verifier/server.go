@@ -12,6 +12,8 @@
 //	GET  /v1/keys        → 200 application/cose-key-set
 //	POST /v1/enroll      → 201 activation challenge (package verifier/enroll)
 //	POST /v1/enroll/activate → 201 enrollment
+//	POST /v1/authorize, POST /v1/elevate, /v1/delegations, /v1/users:
+//	                       authorization (package verifier/access)
 //	GET  /healthz        → 200 while the process serves
 //	GET  /readyz         → 200 when the database answers and keys are loaded
 //	GET  /metrics        → Prometheus text format
@@ -30,6 +32,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/vouch-dev/vouch/policy/authz"
+	"github.com/vouch-dev/vouch/verifier/access"
 	"github.com/vouch-dev/vouch/verifier/appraisal"
 	"github.com/vouch-dev/vouch/verifier/audit"
 	"github.com/vouch-dev/vouch/verifier/enroll"
@@ -92,6 +96,15 @@ type Config struct {
 	// Audit receives audit records (attestations, enrollments, reloads of
 	// reference values); nil = not recorded yet.
 	Audit audit.Log
+	// Policy holds the authorization policy (Cedar schema, intents,
+	// policies); nil means the built-in set (policy/authz).
+	Policy *authz.Holder
+	// ExternalURL is the verifier's origin as clients address it; see
+	// access.Options.ExternalURL.
+	ExternalURL string
+	// ElevationTTL is the lifetime of single-use elevation credentials
+	// (default and maximum 10 s).
+	ElevationTTL time.Duration
 }
 
 // Server is a running verifier.
@@ -101,6 +114,7 @@ type Server struct {
 	store    *store.Store
 	keys     *issuer.Keys
 	pipeline *appraisal.Pipeline
+	access   *access.Service
 	enroll   *enroll.Service
 	metrics  *metrics
 	handler  http.Handler
@@ -170,9 +184,35 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
+	if cfg.Policy == nil {
+		eng, err := authz.Default()
+		if err != nil {
+			st.Close()
+			return nil, fmt.Errorf("verifier: built-in authorization policy: %w", err)
+		}
+		cfg.Policy = authz.NewHolder(eng)
+		s.cfg.Policy = cfg.Policy
+	}
+	s.access, err = access.New(access.Options{
+		Store: st, Keys: keys, Policy: cfg.Policy, Issuer: cfg.Issuer, Build: cfg.Build,
+		ElevationTTL: cfg.ElevationTTL, ExternalURL: cfg.ExternalURL, Audit: cfg.Audit,
+		Logger: cfg.Logger.With("component", "access"), Now: cfg.Now,
+	})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("verifier: %w", err)
+	}
 	s.handler = s.routes()
 	return s, nil
 }
+
+// Access returns the authorization service (decisions, elevation,
+// delegations).
+func (s *Server) Access() *access.Service { return s.access }
+
+// Policy returns the holder of the authorization policy in force; reload
+// through it.
+func (s *Server) Policy() *authz.Holder { return s.cfg.Policy }
 
 // Handler returns the HTTP handler of the API.
 func (s *Server) Handler() http.Handler { return s.handler }
@@ -225,6 +265,9 @@ func (s *Server) pruneLoop(ctx context.Context) {
 		case <-t.C:
 			// Keep used and expired nonces an hour, so a late replay is
 			// reported as a replay rather than as an unknown nonce.
+			if err := s.store.PruneCredentialUses(ctx, s.cfg.Now().Add(-time.Minute)); err != nil {
+				s.log.Warn("pruning single-use credential records", "err", err)
+			}
 			if n, err := s.store.PruneNonces(ctx, s.cfg.Now().Add(-time.Hour)); err != nil {
 				s.log.Warn("pruning nonces", "err", err)
 			} else if n > 0 {

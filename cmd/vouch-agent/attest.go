@@ -84,8 +84,8 @@ On a refusal it prints "refused: <reason>: <detail>" and exits with status 3.`,
       --boot-log testdata/eventlogs/ubuntu-2404-amd-sevsnp.bin \
       --image-ref ghcr.io/acme/agent:1.4 \
       --image-digest sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 \
-      --audience https://docs.example --intent summarize \
-      --resource 'Document::"customer-A/*"' --out cred.cwt`,
+      --audience https://docs.example --intent summarize-documents \
+      --delegation dlg_… --resource 'Document::"customer-A/report-7"' --out cred.cwt`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return a.runAttest(cmd.Context(), &f) },
 	}
@@ -98,9 +98,9 @@ On a refusal it prints "refused: <reason>: <detail>" and exits with status 3.`,
 	fs.StringArrayVar(&f.args, "arg", nil, "workload argument to measure, in order (repeatable)")
 	fs.StringArrayVar(&f.env, "env", nil, "workload environment variable to measure, NAME=VALUE (repeatable); it is sent to the verifier, so no secrets")
 	fs.StringVar(&f.audience, "audience", defaultAudience, "relying party the credential is for (its identifier, e.g. https://docs.example)")
-	fs.StringVar(&f.intent, "intent", "", "intent the agent asks to act under, e.g. summarize")
+	fs.StringVar(&f.intent, "intent", "", "intent the agent asks to act under, e.g. summarize-documents (needs --delegation)")
 	fs.StringArrayVar(&f.resources, "resource", nil, `resource the agent asks for, a typed id such as 'Document::"customer-A/*"' (repeatable)`)
-	fs.StringVar(&f.delegation, "delegation", "", "delegation id the agent acts under")
+	fs.StringVar(&f.delegation, "delegation", "", "delegation id the agent acts under (vouch delegations create); the credential's scope is delegation ∩ intent ∩ policy on --resource")
 	fs.StringVar(&f.out, "out", "credential.cwt", `file to write the credential to (mode 0600); "-" writes it to standard output`)
 	fs.DurationVar(&f.timeout, "timeout", time.Minute, "time limit of the whole attestation")
 	fs.BoolVar(&f.json, "json", false, "print the result as JSON")

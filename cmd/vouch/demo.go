@@ -21,9 +21,14 @@ func newDemoCmd() *cobra.Command {
 from a real recorded firmware event log (RHEL 8, UEFI, secure boot), measures an
 agent's container image into PCR 13, enrolls the TPM's attestation key, attests,
 and calls a protected resource with the credential and per-request proofs of
-possession. It then shows what an attacker meets: a replayed proof, a stolen
-credential used with another key, and an agent running an image no reference
-value allows. It prints a short summary and exits 0 when every step went as
+possession. A user, alice, delegates an intent on customer A's documents to
+the agent's image through the signed admin API; the credential's scope is
+what that delegation, the intent catalogue and the Cedar policy allow, and
+the relying party asks the verifier to decide every request. It then shows
+what an attacker meets: a replayed proof, a stolen credential used with
+another key, a delete outside the intent, a just-in-time write elevation
+used twice, a revoked delegation, and an agent running an image no
+reference value allows. It prints a short summary and exits 0 when every step went as
 expected.
 
 With --data DIR the verifier's data directory (database, signing keys) is
@@ -73,7 +78,9 @@ func printSummary(cmd *cobra.Command, s *demo.Summary) {
 		}
 	}
 	fmt.Fprintf(w, "\nSummary: %d of %d steps as expected in %s. One agent attested and was served; a replayed proof,\n", ok, len(s.Steps), s.Elapsed.Round(time.Millisecond))
-	fmt.Fprintf(w, "a stolen credential and an unapproved image were refused.\n")
+	fmt.Fprintf(w, "a stolen credential and an unapproved image were refused. Least privilege: the credential carried only\n")
+	fmt.Fprintf(w, "what alice delegated; a delete was refused, one write was elevated just in time and its reuse refused,\n")
+	fmt.Fprintf(w, "and the revoked delegation was refused on the very next request.\n")
 	if s.Kept {
 		fmt.Fprintf(w, "The verifier's data is in %s (inspect it with `vouch agents list --data %s`).\n", s.DataDir, s.DataDir)
 	}

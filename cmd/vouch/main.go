@@ -41,6 +41,7 @@ VOUCH_DATA) or in a YAML file given with --config.`,
 	cliconf.AddFlags(root.PersistentFlags())
 	root.AddCommand(newDemoCmd(), newCredCmd(), newAgentsCmd(), newRefsCmd())
 	root.AddCommand(newEventlogCmd(), newQuoteCmd())
+	root.AddCommand(newDelegationsCmd(), newUsersCmd(), newAuthzCmd(), newBenchCmd())
 	return root
 }
 

@@ -9,6 +9,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,6 +25,7 @@ import (
 	"github.com/vouch-dev/vouch/internal/cliconf"
 	"github.com/vouch-dev/vouch/internal/version"
 	"github.com/vouch-dev/vouch/policy"
+	"github.com/vouch-dev/vouch/policy/authz"
 	"github.com/vouch-dev/vouch/verifier"
 	"github.com/vouch-dev/vouch/verifier/enroll"
 )
@@ -40,6 +42,9 @@ type options struct {
 	credTTL, nonceTTL, refsPoll time.Duration
 	allowWarning                bool
 	tlsCert, tlsKey             string
+	authzDir, externalURL       string
+	tlsClientCA                 string
+	elevationTTL                time.Duration
 	ekRoots, akRoots, ekAllow   string
 	ekFetchIssuers              bool
 }
@@ -94,6 +99,10 @@ beyond loopback.`,
 	f.BoolVar(&o.allowWarning, "allow-warning", false, "also issue credentials when the appraisal status is warning")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate chain for HTTPS")
 	f.StringVar(&o.tlsKey, "tls-key", "", "PEM private key for HTTPS")
+	f.StringVar(&o.tlsClientCA, "tls-client-ca", "", "PEM CA certificates: verify TLS client certificates against them; a certificate for a registered user's key authenticates that user on the admin API")
+	f.StringVar(&o.authzDir, "authz-policy", "", "authorization policy directory: schema.cedarschema, intents.yaml, policies/*.cedar (default: the built-in set); SIGHUP reloads it, keeping the old set if the new one is invalid")
+	f.StringVar(&o.externalURL, "external-url", "", "this verifier's origin as agents and users address it (scheme://host[:port]), when behind a proxy; proofs and signed admin requests name it")
+	f.DurationVar(&o.elevationTTL, "elevation-ttl", 10*time.Second, "lifetime of single-use elevation credentials (max 10s)")
 	f.StringVar(&o.ekRoots, "ek-roots", "", "directory of TPM manufacturers' EK CA certificates (PEM/DER); enables enrollment by EK certificate and credential activation (POST /v1/enroll)")
 	f.StringVar(&o.ekAllow, "ek-allowlist", "", "file of EK public key digests (hex SHA-256 of the SubjectPublicKeyInfo, one per line, # comments) of TPMs without EK certificates that may enroll")
 	f.StringVar(&o.akRoots, "ak-roots", "", "directory of cloud providers' AK CA certificates; AKs with certificates chaining to them enroll without activation (vTPMs)")
@@ -117,8 +126,23 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	loadPolicy := func() (*authz.Engine, error) {
+		if o.authzDir == "" {
+			return authz.Default()
+		}
+		return authz.Load(os.DirFS(o.authzDir))
+	}
+	eng, err := loadPolicy()
+	if err != nil {
+		return fmt.Errorf("authorization policy: %w", err)
+	}
+	policyHolder := authz.NewHolder(eng)
+	go reloadOnHUP(ctx, log, policyHolder, loadPolicy)
 	srv, err := verifier.New(ctx, verifier.Config{
 		Enrollment:    eo,
+		Policy:        policyHolder,
+		ExternalURL:   o.externalURL,
+		ElevationTTL:  o.elevationTTL,
 		DataDir:       o.data,
 		Refs:          verifier.NewRefHolder(refs),
 		Issuer:        o.issuer,
@@ -142,8 +166,22 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		if err != nil {
 			return fmt.Errorf("TLS: %w", err)
 		}
-		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+		tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		if o.tlsClientCA != "" {
+			pem, err := os.ReadFile(o.tlsClientCA)
+			if err != nil {
+				return fmt.Errorf("TLS client CA: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return fmt.Errorf("TLS client CA %s holds no PEM certificate", o.tlsClientCA)
+			}
+			tc.ClientCAs, tc.ClientAuth = pool, tls.VerifyClientCertIfGiven
+		}
+		ln = tls.NewListener(ln, tc)
 		scheme = "https"
+	} else if o.tlsClientCA != "" {
+		return fmt.Errorf("--tls-client-ca needs --tls-cert and --tls-key")
 	} else if host, _, _ := net.SplitHostPort(o.listen); !isLoopback(host) {
 		log.Warn("serving plain HTTP beyond loopback; give --tls-cert and --tls-key", "listen", o.listen)
 	}
@@ -158,7 +196,8 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		go srv.WatchRefs(ctx, verifier.WatchOptions{Dir: o.refs, Interval: interval, Trigger: hup})
 	}
 	log.Info("vouchd listening", "url", scheme+"://"+ln.Addr().String(), "data", o.data,
-		"refs", refs.ID(), "profiles", len(refs.Profiles), "images", len(refs.Images), "version", version.String())
+		"refs", refs.ID(), "profiles", len(refs.Profiles), "images", len(refs.Images), "version", version.String(),
+		"authz_policy", eng.ID(), "policies", len(eng.PolicyIDs()))
 	fmt.Fprintf(os.Stderr, "vouchd listening on %s://%s (data %s)\n", scheme, ln.Addr(), o.data)
 	if err := srv.Serve(ctx, ln); err != nil && !errors.Is(err, context.Canceled) {
 		return err
@@ -202,4 +241,26 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// reloadOnHUP reloads the authorization policy on SIGHUP. An invalid set is
+// refused and the one in force kept.
+func reloadOnHUP(ctx context.Context, log *slog.Logger, h *authz.Holder, load func() (*authz.Engine, error)) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			old := h.Engine().ID()
+			e, err := h.Reload(load)
+			if err != nil {
+				log.Error("authorization policy reload refused; the previous set stays in force", "err", err, "in_force", old)
+				continue
+			}
+			log.Info("authorization policy reloaded", "id", e.ID(), "previous", old, "policies", len(e.PolicyIDs()))
+		}
+	}
 }

@@ -21,12 +21,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/vouch-dev/vouch/agentside"
 	"github.com/vouch-dev/vouch/attest"
 	firmwarerefs "github.com/vouch-dev/vouch/firmware-refs"
 	"github.com/vouch-dev/vouch/verifier"
+	"github.com/vouch-dev/vouch/verifier/access"
 	"github.com/vouch-dev/vouch/verifier/store"
 )
 
@@ -82,6 +84,7 @@ type Summary struct {
 	RefSetID    string        `json:"reference_set"`
 	AKDigest    string        `json:"ak_digest"`
 	Subject     string        `json:"agent_id"`
+	Delegation  string        `json:"delegation"`
 	Credential  int           `json:"credential_bytes"`
 	Steps       []Step        `json:"steps"`
 	Elapsed     time.Duration `json:"elapsed_ns"`
@@ -165,6 +168,11 @@ func (r *run) run(ctx context.Context, dir string) error {
 	defer stopV()
 	r.sum.VerifierURL, r.sum.RefSetID = vURL, refs.ID()
 	r.say("verifier      %s  (data %s, reference set %.19s…)", vURL, dir, refs.ID())
+	alice, dlgID, err := r.delegate(ctx, srv, vURL)
+	if err != nil {
+		return err
+	}
+	r.sum.Delegation = dlgID
 
 	// The relying party.
 	rpURL, stopRP, err := r.startRelyingParty(ctx, vURL)
@@ -172,7 +180,7 @@ func (r *run) run(ctx context.Context, dir string) error {
 		return err
 	}
 	defer stopRP()
-	r.say("relying party %s  (accepts credentials for audience %s)\n", rpURL, Audience)
+	r.say("relying party %s  (accepts credentials for audience %s; asks the verifier to decide every request)\n", rpURL, Audience)
 
 	client, err := agentside.NewClient(vURL, nil)
 	if err != nil {
@@ -184,7 +192,7 @@ func (r *run) run(ctx context.Context, dir string) error {
 	}
 	defer os.RemoveAll(stateDir)
 
-	cred, err := r.goodAgent(ctx, srv.Store(), client, stateDir, rpURL)
+	cred, err := r.goodAgent(ctx, srv.Store(), client, stateDir, rpURL, alice, dlgID)
 	if err != nil {
 		return err
 	}
@@ -195,7 +203,7 @@ func (r *run) run(ctx context.Context, dir string) error {
 // goodAgent boots the simulator, measures the allowed image, enrolls the AK,
 // attests and calls the relying party; then shows a replayed proof and a
 // stolen credential being refused.
-func (r *run) goodAgent(ctx context.Context, st *store.Store, client *agentside.Client, stateDir, rpURL string) ([]byte, error) {
+func (r *run) goodAgent(ctx context.Context, st *store.Store, client *agentside.Client, stateDir, rpURL string, alice *access.Client, dlgID string) ([]byte, error) {
 	start := time.Now()
 	tpm, agent, err := bootAgent(ctx, stateDir, Image)
 	if err != nil {
@@ -218,7 +226,7 @@ func (r *run) goodAgent(ctx context.Context, st *store.Store, client *agentside.
 	r.step("enroll", true, "", start, "AK %x… enrolled by the operator", d[:8])
 
 	start = time.Now()
-	issued, err := agent.AttestIssued(ctx, client, &attest.Request{Audience: Audience})
+	issued, err := agent.AttestIssued(ctx, client, &attest.Request{Audience: Audience, Intent: Intent, Resources: Delegated, Delegation: dlgID})
 	if err != nil {
 		r.step("attest", false, attest.ReasonOf(err), start, "refused: %v", err)
 		return nil, fmt.Errorf("the good agent was refused: %w", err)
@@ -236,6 +244,7 @@ func (r *run) goodAgent(ctx context.Context, st *store.Store, client *agentside.
 	r.step("attest", true, "", start, "credential issued (%d bytes, valid %ds): platform %s %s, workload %s",
 		len(issued.Credential), claims.Expiry-claims.IssuedAt, tpmA.Claims.Platform, tpmA.Status, wl.Status)
 	r.say("               agent id %s", claims.Subject)
+	r.say("               scope %s", strings.Join(claims.Scope, ", "))
 
 	// Calls to the relying party with credential and proofs of possession.
 	spy := &headerSpy{base: http.DefaultTransport}
@@ -269,7 +278,7 @@ func (r *run) goodAgent(ctx context.Context, st *store.Store, client *agentside.
 	}
 	reason = problemReason(resp)
 	r.step("stolen", resp.StatusCode == http.StatusUnauthorized && reason == attest.ReasonPoPSignature, reason, start, "the credential replayed from another machine, proof signed with its key → %d %s", resp.StatusCode, reason)
-	return issued.Credential, nil
+	return issued.Credential, r.authzSteps(ctx, client, issued.Credential, agent, rpURL, alice, dlgID)
 }
 
 // badAgent reboots the simulator and measures an image no reference allows.
@@ -325,10 +334,18 @@ func (r *run) startRelyingParty(ctx context.Context, verifierURL string) (string
 		ln.Close()
 		return "", nil, err
 	}
+	decide, err := attest.NewRemoteAuthorizer(attest.RemoteAuthorizerOptions{
+		Verifier: verifierURL, Origin: origin, Audience: Audience, Map: docsMapper,
+	})
+	if err != nil {
+		ln.Close()
+		return "", nil, err
+	}
 	mw, err := attest.NewMiddleware(attest.MiddlewareOptions{
 		Keys:       keys,
 		Credential: attest.CredentialOptions{Audience: []string{Audience}},
 		Origin:     origin,
+		Authorize:  decide,
 		Logger:     r.log.With("service", "relying-party"),
 	})
 	if err != nil {
@@ -340,6 +357,7 @@ func (r *run) startRelyingParty(ctx context.Context, verifierURL string) (string
 		c, _ := attest.ClaimsFromContext(req.Context())
 		fmt.Fprintf(w, "document %s/%s, served to %.40s…\n", req.PathValue("tenant"), req.PathValue("doc"), c.Subject)
 	})
+	docsHandlers(mux)
 	stop := serveListener(ctx, ln, mw(mux))
 	return origin, stop, nil
 }

@@ -36,6 +36,8 @@ func TestRun(t *testing.T) {
 	want := map[string]attest.Reason{
 		"boot": "", "enroll": "", "attest": "", "call": "",
 		"replay": attest.ReasonPoPReplayed, "stolen": attest.ReasonPoPSignature, "bad image": attest.ReasonRefsImageDigest,
+		"delegate": "", "delete": attest.ReasonScopeInsufficient, "elevate": "", "reuse": attest.ReasonCredentialReused,
+		"revoked": attest.ReasonDelegationRevoked,
 	}
 	for _, st := range sum.Steps {
 		r, ok := want[st.Name]

@@ -16,15 +16,17 @@ type Credential struct {
 	Audience    string
 	AKDigest    []byte
 	ImageDigest string
-	Scope       []string
+	Scope       []string // stored one entry a line (resource ids hold no control characters)
 	IssuedAt    time.Time
 	ExpiresAt   time.Time
 	LogIndex    *uint64 // audit log index of the issuance record, once sequenced
+	Delegation  string  // delegation it was issued under, if any
+	SingleUse   bool    // a just-in-time elevation
 }
 
 const sqlRecordCredential = `INSERT INTO credentials
-	(cti, subject, audience, ak_digest, image_digest, scope, issued_at, expires_at, log_index)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	(cti, subject, audience, ak_digest, image_digest, scope, issued_at, expires_at, log_index, delegation, single_use)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 // RecordCredential stores an issued credential.
 func (s *Store) RecordCredential(ctx context.Context, c Credential) error {
@@ -33,8 +35,8 @@ func (s *Store) RecordCredential(ctx context.Context, c Credential) error {
 		idx = sql.NullInt64{Int64: int64(*c.LogIndex), Valid: true}
 	}
 	_, err := s.stmt(sqlRecordCredential).ExecContext(ctx,
-		c.ID, c.Subject, c.Audience, c.AKDigest, c.ImageDigest, strings.Join(c.Scope, " "),
-		unixNano(c.IssuedAt), unixNano(c.ExpiresAt), idx)
+		c.ID, c.Subject, c.Audience, c.AKDigest, c.ImageDigest, strings.Join(c.Scope, "\n"),
+		unixNano(c.IssuedAt), unixNano(c.ExpiresAt), idx, c.Delegation, c.SingleUse)
 	if err != nil {
 		return fmt.Errorf("recording credential: %w", err)
 	}
@@ -48,8 +50,8 @@ func (s *Store) CredentialByID(ctx context.Context, cti []byte) (*Credential, er
 	var issued, expires int64
 	var idx sql.NullInt64
 	err := s.db.QueryRowContext(ctx, `SELECT cti, subject, audience, ak_digest, image_digest, scope,
-		issued_at, expires_at, log_index FROM credentials WHERE cti = ?`, cti).
-		Scan(&c.ID, &c.Subject, &c.Audience, &c.AKDigest, &c.ImageDigest, &scope, &issued, &expires, &idx)
+		issued_at, expires_at, log_index, delegation, single_use FROM credentials WHERE cti = ?`, cti).
+		Scan(&c.ID, &c.Subject, &c.Audience, &c.AKDigest, &c.ImageDigest, &scope, &issued, &expires, &idx, &c.Delegation, &c.SingleUse)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -57,7 +59,7 @@ func (s *Store) CredentialByID(ctx context.Context, cti []byte) (*Credential, er
 		return nil, fmt.Errorf("looking up credential: %w", err)
 	}
 	if scope != "" {
-		c.Scope = strings.Split(scope, " ")
+		c.Scope = strings.Split(scope, "\n")
 	}
 	c.IssuedAt, c.ExpiresAt = fromNano(issued), fromNano(expires)
 	if idx.Valid {

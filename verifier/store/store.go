@@ -1,5 +1,6 @@
 // Package store keeps the verifier's state in a real database: challenge
-// nonces, AK enrollments and the credentials it issued. The embedded default
+// nonces, AK enrollments, the credentials it issued, users, delegations and
+// revocation events. The embedded default
 // is SQLite (modernc.org/sqlite, no cgo, no setup) in the data directory.
 //
 // Every method takes a context and is safe for concurrent use. Operations that
@@ -34,6 +35,7 @@ type Store struct {
 // attestation, where parsing SQL again would cost as much as running it.
 var hotStatements = []string{
 	sqlPutNonce, sqlConsumeNonce, enrollmentSelect + ` WHERE ak_digest = ?`, sqlRecordCredential,
+	delegationSelect + ` WHERE id = ?`, sqlConsumeCredential,
 }
 
 // stmt returns the prepared form of a hot statement.
@@ -144,6 +146,47 @@ var migrations = []string{
 	CREATE INDEX enroll_challenges_expires ON enroll_challenges(expires_at);
 	ALTER TABLE enrollments ADD COLUMN detail TEXT NOT NULL DEFAULT '';
 	CREATE INDEX enrollments_ek ON enrollments(ek_digest);`,
+	// 3: users, delegations, revocation events, single-use credentials.
+	`CREATE TABLE users (
+		id          TEXT PRIMARY KEY,
+		public_key  BLOB NOT NULL,
+		key_digest  BLOB NOT NULL UNIQUE,
+		admin       INTEGER NOT NULL DEFAULT 0,
+		created_at  INTEGER NOT NULL,
+		created_by  TEXT NOT NULL DEFAULT '',
+		disabled_at INTEGER
+	);
+	CREATE TABLE delegations (
+		id         TEXT PRIMARY KEY,
+		user_id    TEXT NOT NULL,
+		intent     TEXT NOT NULL,
+		spec       TEXT NOT NULL,
+		status     TEXT NOT NULL,
+		created_at INTEGER NOT NULL,
+		not_before INTEGER,
+		expires_at INTEGER NOT NULL,
+		updated_at INTEGER NOT NULL,
+		updated_by TEXT NOT NULL DEFAULT '',
+		reason     TEXT NOT NULL DEFAULT ''
+	);
+	CREATE INDEX delegations_user ON delegations(user_id);
+	CREATE TABLE revocations (
+		seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+		kind   TEXT NOT NULL,
+		target TEXT NOT NULL,
+		event  TEXT NOT NULL,
+		at     INTEGER NOT NULL,
+		by     TEXT NOT NULL DEFAULT '',
+		reason TEXT NOT NULL DEFAULT ''
+	);
+	CREATE TABLE credential_uses (
+		cti        BLOB PRIMARY KEY,
+		used_at    INTEGER NOT NULL,
+		expires_at INTEGER NOT NULL
+	);
+	ALTER TABLE credentials ADD COLUMN delegation TEXT NOT NULL DEFAULT '';
+	ALTER TABLE credentials ADD COLUMN single_use INTEGER NOT NULL DEFAULT 0;
+	CREATE INDEX credentials_delegation ON credentials(delegation) WHERE delegation != '';`,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
