@@ -17,6 +17,7 @@ import (
 
 	"github.com/vouch-dev/vouch/attest"
 	"github.com/vouch-dev/vouch/verifier/appraisal"
+	"github.com/vouch-dev/vouch/verifier/audit"
 	"github.com/vouch-dev/vouch/verifier/issuer"
 	"github.com/vouch-dev/vouch/verifier/store"
 )
@@ -26,6 +27,9 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("POST /v1/challenge", s.instrument("challenge", s.handleChallenge))
 	mux.Handle("POST /v1/attest", s.instrument("attest", s.handleAttest))
 	mux.Handle("GET /v1/keys", s.instrument("keys", s.handleKeys))
+	if s.tlog != nil {
+		mux.Handle("GET /v1/log/", http.StripPrefix("/v1/log", audit.Handler(s.cfg.DataDir, s.tlog.PublicKey())))
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok\n")
@@ -72,16 +76,20 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return attest.Errorf(attest.ReasonRequestTooLarge, "evidence is larger than %d bytes", attest.MaxEvidenceSize)
+			err = attest.Errorf(attest.ReasonRequestTooLarge, "evidence is larger than %d bytes", attest.MaxEvidenceSize)
+		} else {
+			err = attest.Errorf(attest.ReasonRequestMalformed, "reading evidence: %w", err)
 		}
-		return attest.Errorf(attest.ReasonRequestMalformed, "reading evidence: %w", err)
+		s.auditRefusal(r.Context(), nil, nil, err)
+		return err
 	}
 	out, err := s.pipeline.Run(r.Context(), raw)
 	if err != nil {
 		s.refused(r.Context(), out, err)
+		s.auditRefusal(r.Context(), raw, out, err)
 		return &appraisalError{err: err, out: out}
 	}
-	cred, claims, err := s.issue(r.Context(), out)
+	cred, claims, err := s.issue(r.Context(), raw, out)
 	if err != nil {
 		return err
 	}
@@ -94,14 +102,17 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Vouch-Credential-Expires", claims.ExpiresAt().UTC().Format(time.RFC3339))
 	if claims.LogIndex != nil {
-		w.Header().Set("Vouch-Log-Index", strconv.FormatUint(*claims.LogIndex, 10))
+		w.Header().Set(LogIndexHeader, strconv.FormatUint(*claims.LogIndex, 10))
 	}
 	_, err = w.Write(cred)
 	return err
 }
 
-// issue mints and records the credential for a passed appraisal.
-func (s *Server) issue(ctx context.Context, out *appraisal.Outcome) ([]byte, *attest.Claims, error) {
+// issue mints and records the credential for a passed appraisal. The order
+// is the audit contract: evidence archived, then the attestation record
+// (with the credential's cti, sub, aud, scope, exp) durably sequenced, then
+// the credential signed with that record's index in its LogIndex claim.
+func (s *Server) issue(ctx context.Context, raw []byte, out *appraisal.Outcome) ([]byte, *attest.Claims, error) {
 	id, err := issuer.NewID()
 	if err != nil {
 		return nil, nil, err
@@ -123,16 +134,27 @@ func (s *Server) issue(ctx context.Context, out *appraisal.Outcome) ([]byte, *at
 		Intent:     out.Request.Intent,
 		Delegation: out.Request.Delegation,
 	}
+	digest, err := s.archive.PutEvidence(raw)
+	if err != nil {
+		return nil, nil, &attest.Error{Reason: attest.ReasonUnavailable, Detail: "the evidence cannot be archived; no credential is issued without it", Err: err}
+	}
+	rec := s.attestationRecord(out, digest, nil)
+	rec.Credential = &audit.Credential{ID: c.ID, Subject: c.Subject, Audience: c.Audience, Scope: c.Scope, Expiry: c.Expiry, SingleUse: c.SingleUse}
+	idx, err := s.record(context.WithoutCancel(ctx), rec)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.LogIndex = &idx
 	cred, err := s.keys.Sign(c)
 	if err != nil {
 		return nil, nil, fmt.Errorf("signing credential: %w", err)
 	}
-	rec := store.Credential{
+	stored := store.Credential{
 		ID: id, Subject: c.Subject, Audience: c.Audience, AKDigest: out.AK.Digest,
 		ImageDigest: out.Workload.ImageDigest, Scope: c.Scope,
 		IssuedAt: now, ExpiresAt: c.ExpiresAt(), LogIndex: c.LogIndex,
 	}
-	if err := s.store.RecordCredential(ctx, rec); err != nil {
+	if err := s.store.RecordCredential(ctx, stored); err != nil {
 		return nil, nil, unavailable(err)
 	}
 	return cred, c, nil
@@ -156,6 +178,10 @@ func (s *Server) refused(ctx context.Context, out *appraisal.Outcome, err error)
 	}
 	s.log.Log(ctx, level, "attestation refused", attrs...)
 }
+
+// LogIndexHeader carries the audit log index of an issued credential's
+// record (the same value as its LogIndex claim).
+const LogIndexHeader = "Vouch-Log-Index"
 
 // appraisalError carries a refusal with its partial outcome, so that the
 // problem document can show the appraisal.

@@ -12,12 +12,14 @@ import (
 
 // metrics are the verifier's Prometheus metrics. Names are stable.
 type metrics struct {
-	attestations *prometheus.CounterVec   // by outcome and reason
-	steps        *prometheus.HistogramVec // appraisal step durations
-	stepFailures *prometheus.CounterVec   // refusals by step and reason
-	nonces       prometheus.Counter
-	requests     *prometheus.CounterVec
-	latency      *prometheus.HistogramVec
+	attestations  *prometheus.CounterVec   // by outcome and reason
+	steps         *prometheus.HistogramVec // appraisal step durations
+	stepFailures  *prometheus.CounterVec   // refusals by step and reason
+	nonces        prometheus.Counter
+	requests      *prometheus.CounterVec
+	latency       *prometheus.HistogramVec
+	auditRecords  *prometheus.CounterVec
+	auditFailures prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -49,6 +51,15 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16),
 		}, []string{"route"}),
 	}
+	m.auditRecords = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "vouch_audit_records_total",
+		Help: "Audit records durably appended, by kind.",
+	}, []string{"kind"})
+	m.auditFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "vouch_audit_failures_total",
+		Help: "Audit appends that failed (each one a decision refused or left unrecorded).",
+	})
+	reg.MustRegister(m.auditRecords, m.auditFailures)
 	reg.MustRegister(m.attestations, m.steps, m.stepFailures, m.nonces, m.requests, m.latency,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Make every step visible from the start, so dashboards do not wait for

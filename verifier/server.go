@@ -10,6 +10,9 @@
 //	POST /v1/attest      ← application/vnd.vouch.evidence+cbor
 //	                     → 200 application/cwt (the credential)
 //	GET  /v1/keys        → 200 application/cose-key-set
+//	GET  /v1/log/...     → the audit log (C2SP tlog-tiles: checkpoint, tile/...,
+//	                       tile/entries/...), its key and archives; see package
+//	                       verifier/audit
 //	GET  /healthz        → 200 while the process serves
 //	GET  /readyz         → 200 when the database answers and keys are loaded
 //	GET  /metrics        → Prometheus text format
@@ -31,6 +34,7 @@ import (
 
 	"github.com/vouch-dev/vouch/policy"
 	"github.com/vouch-dev/vouch/verifier/appraisal"
+	"github.com/vouch-dev/vouch/verifier/audit"
 	"github.com/vouch-dev/vouch/verifier/issuer"
 	"github.com/vouch-dev/vouch/verifier/store"
 )
@@ -71,6 +75,13 @@ type Config struct {
 	Registry *prometheus.Registry
 	// Now returns the current time; time.Now when nil. Tests move it.
 	Now func() time.Time
+	// Audit receives a record of every decision. When nil (production), New
+	// opens the transparency log in DataDir (audit.Open) and the server owns
+	// it; there is no way to run without an audit log.
+	Audit audit.Log
+	// AuditOptions tune the log New opens (batching, checkpoint interval);
+	// DataDir is filled in.
+	AuditOptions audit.Options
 }
 
 // Server is a running verifier.
@@ -82,6 +93,9 @@ type Server struct {
 	pipeline *appraisal.Pipeline
 	metrics  *metrics
 	handler  http.Handler
+	audit    audit.Log
+	tlog     *audit.TLog // the log New opened, nil when Config.Audit was given
+	archive  *audit.Archive
 }
 
 // New opens the data directory (creating it 0700), the database and the keys.
@@ -128,7 +142,26 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, fmt.Errorf("verifier: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, store: st, keys: keys, metrics: newMetrics(cfg.Registry)}
+	s := &Server{cfg: cfg, log: cfg.Logger, store: st, keys: keys, metrics: newMetrics(cfg.Registry), audit: cfg.Audit, archive: audit.NewArchive(cfg.DataDir)}
+	if s.audit == nil {
+		ao := cfg.AuditOptions
+		ao.DataDir = cfg.DataDir
+		if s.tlog, err = audit.Open(ctx, ao); err != nil {
+			st.Close()
+			return nil, fmt.Errorf("verifier: %w", err)
+		}
+		s.audit = s.tlog
+	}
+	// The reference set in force is archived before any record names it,
+	// and the start is recorded with the configuration that decides.
+	if err := s.archive.PutRefs(cfg.Refs.Refs()); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("verifier: %w", err)
+	}
+	if _, err := s.record(ctx, s.startRecord()); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("verifier: recording the start: %w", err)
+	}
 	s.pipeline, err = appraisal.New(appraisal.Options{
 		Nonces:       st,
 		AKs:          st,
@@ -138,7 +171,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Observe:      s.metrics.observeStep,
 	})
 	if err != nil {
-		st.Close()
+		s.Close()
 		return nil, err
 	}
 	s.handler = s.routes()
@@ -155,8 +188,26 @@ func (s *Server) Store() *store.Store { return s.store }
 // Keys returns the issuing keys.
 func (s *Server) Keys() *issuer.Keys { return s.keys }
 
-// Close releases the database.
-func (s *Server) Close() error { return s.store.Close() }
+// AuditLog returns the transparency log the server opened, or nil when
+// Config.Audit supplied another Log.
+func (s *Server) AuditLog() *audit.TLog { return s.tlog }
+
+// Close waits (up to 10 s) until a signed checkpoint covers every record
+// this server appended, closes the log it opened, and releases the database.
+func (s *Server) Close() error {
+	var errs []error
+	if s.tlog != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.tlog.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("closing the audit log: %w", err))
+		}
+	}
+	if err := s.store.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
 
 // Serve serves the API on ln until ctx is done, then shuts down gracefully
 // (in-flight requests get up to 10 s). It also prunes expired nonces.
@@ -221,5 +272,6 @@ func NewRefHolder(refs *policy.RefSet) *RefHolder {
 // Refs returns the set in force.
 func (h *RefHolder) Refs() *policy.RefSet { return h.cur.Load() }
 
-// Set replaces the set in force.
+// Set replaces the set in force. A running server changes its set with
+// Server.SetRefs, which archives and records the change first.
 func (h *RefHolder) Set(refs *policy.RefSet) { h.cur.Store(refs) }
