@@ -27,6 +27,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -96,6 +97,9 @@ type Server struct {
 	audit    audit.Log
 	tlog     *audit.TLog // the log New opened, nil when Config.Audit was given
 	archive  *audit.Archive
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // New opens the data directory (creating it 0700), the database and the keys.
@@ -195,6 +199,11 @@ func (s *Server) AuditLog() *audit.TLog { return s.tlog }
 // Close waits (up to 10 s) until a signed checkpoint covers every record
 // this server appended, closes the log it opened, and releases the database.
 func (s *Server) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = s.close() })
+	return s.closeErr
+}
+
+func (s *Server) close() error {
 	var errs []error
 	if s.tlog != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

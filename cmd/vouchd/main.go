@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
 
 	firmwarerefs "github.com/vouch-dev/vouch/firmware-refs"
 	"github.com/vouch-dev/vouch/internal/cliconf"
@@ -107,6 +108,9 @@ func loadRefs(dir string) (*policy.RefSet, error) {
 }
 
 func run(ctx context.Context, o options, log *slog.Logger) error {
+	// The transparency-log library logs through klog: warnings and worse
+	// go to vouchd's log.
+	klog.SetSlogLogger(slog.New(minLevel{log.Handler(), slog.LevelWarn}))
 	refs, err := loadRefs(o.refs)
 	if err != nil {
 		return err
@@ -148,6 +152,15 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	log.Info("vouchd stopped")
 	return nil
+}
+
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (m minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= m.min && m.Handler.Enabled(ctx, l)
 }
 
 func isLoopback(host string) bool {
