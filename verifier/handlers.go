@@ -70,7 +70,9 @@ func (s *Server) handleChallenge(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) error {
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != attest.EvidenceMediaType {
-		return attest.Errorf(attest.ReasonUnsupportedMediaType, "send evidence as %s, not %q", attest.EvidenceMediaType, r.Header.Get("Content-Type"))
+		err := attest.Errorf(attest.ReasonUnsupportedMediaType, "send evidence as %s, not %q", attest.EvidenceMediaType, r.Header.Get("Content-Type"))
+		s.auditRefusal(r.Context(), nil, nil, err)
+		return err
 	}
 	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, attest.MaxEvidenceSize))
 	if err != nil {

@@ -34,6 +34,9 @@ import (
 //     log has no such record (enrolled before audit, or out of band) the
 //     record's own word is taken, and the report counts those;
 //   - verifier faults (reasons "internal", "unavailable") are not re-run.
+//
+// It does check that no two records got past the nonce step with the same
+// nonce (a replay accepted, or a record made up from old evidence).
 type reappraiser struct {
 	src    Source
 	rep    *Report
@@ -42,12 +45,13 @@ type reappraiser struct {
 	pipes  map[string]*appraisal.Pipeline
 	enroll map[string]*store.Enrollment
 	cur    *audit.Record
+	nonces map[[32]byte]uint64 // nonces consumed, by the index of the record that consumed them
 }
 
 func newReappraiser(src Source, rep *Report) *reappraiser {
 	rep.Skipped = map[string]uint64{}
 	return &reappraiser{src: src, rep: rep, refs: map[string]*policy.RefSet{}, bad: map[string]bool{},
-		pipes: map[string]*appraisal.Pipeline{}, enroll: map[string]*store.Enrollment{}}
+		pipes: map[string]*appraisal.Pipeline{}, enroll: map[string]*store.Enrollment{}, nonces: map[[32]byte]uint64{}}
 }
 
 // Outcomes of records about AKs, as enrollment and revocation records
@@ -116,6 +120,16 @@ func (r *reappraiser) reappraise(ctx context.Context, idx uint64, rec *audit.Rec
 	if !same(got, want) {
 		r.rep.add(FindReappraisal, ptr(idx), "the record says %s; re-appraising its evidence against %s gives %s", want, rec.RefSetID, got)
 	}
+	// A nonce is consumed once: a record past the nonce step whose nonce an
+	// earlier record consumed means a replay was accepted, or the record lies.
+	if rec.Step != string(appraisal.StepDecode) && out != nil && out.Evidence != nil && len(out.Evidence.Nonce) == 32 {
+		n := [32]byte(out.Evidence.Nonce)
+		if first, ok := r.nonces[n]; ok {
+			r.rep.add(FindReappraisal, ptr(idx), "the record says %s, past the nonce step, but its nonce was already consumed by record %d: a replay was accepted, or the record lies", want, first)
+		} else {
+			r.nonces[n] = idx
+		}
+	}
 }
 
 // pipeline returns the appraisal pipeline for a reference set, loading the
@@ -172,8 +186,11 @@ type outcome struct {
 }
 
 func (o outcome) String() string {
-	if o.issued {
+	if o.issued && o.status != "" {
 		return fmt.Sprintf("issued (status %s)", o.status)
+	}
+	if o.issued {
+		return "issued"
 	}
 	return fmt.Sprintf("refused at step %s (%s)", o.step, o.reason)
 }
