@@ -23,11 +23,14 @@ agent's container image into PCR 13, enrolls the TPM's attestation key, attests,
 and calls a protected resource with the credential and per-request proofs of
 possession. It then shows what an attacker meets: a replayed proof, a stolen
 credential used with another key, and an agent running an image no reference
-value allows. It prints a short summary and exits 0 when every step went as
-expected.
+value allows. Last, it verifies the verifier's audit log as an outside auditor
+would (signed checkpoint, Merkle tree, every record, every attestation
+re-appraised from its archived evidence). It prints a short summary and exits
+0 when every step went as expected.
 
 With --data DIR the verifier's data directory (database, signing keys) is
-kept in DIR for inspection instead of a temporary directory.`,
+kept in DIR for inspection instead of a temporary directory; verify its audit
+log again with vouch audit verify --log DIR.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			logger, err := cliconf.Logger(cmd, os.Stderr)
@@ -75,6 +78,7 @@ func printSummary(cmd *cobra.Command, s *demo.Summary) {
 	fmt.Fprintf(w, "\nSummary: %d of %d steps as expected in %s. One agent attested and was served; a replayed proof,\n", ok, len(s.Steps), s.Elapsed.Round(time.Millisecond))
 	fmt.Fprintf(w, "a stolen credential and an unapproved image were refused.\n")
 	if s.Kept {
-		fmt.Fprintf(w, "The verifier's data is in %s (inspect it with `vouch agents list --data %s`).\n", s.DataDir, s.DataDir)
+		fmt.Fprintf(w, "The verifier's data is in %s (inspect it with `vouch agents list --data %s`;\n", s.DataDir, s.DataDir)
+		fmt.Fprintf(w, "audit it with `vouch audit verify --log %s`).\n", s.DataDir)
 	}
 }

@@ -36,6 +36,7 @@ func TestRun(t *testing.T) {
 	want := map[string]attest.Reason{
 		"boot": "", "enroll": "", "attest": "", "call": "",
 		"replay": attest.ReasonPoPReplayed, "stolen": attest.ReasonPoPSignature, "bad image": attest.ReasonRefsImageDigest,
+		"audit": "",
 	}
 	for _, st := range sum.Steps {
 		r, ok := want[st.Name]
@@ -53,6 +54,13 @@ func TestRun(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "vouch.db")); err != nil {
 		t.Errorf("--data directory not kept: %v", err)
+	}
+	// start, enrollment, the issuance and the bad image's refusal
+	if sum.AuditRecords != 4 {
+		t.Errorf("audit log holds %d records, want 4", sum.AuditRecords)
+	}
+	if !strings.Contains(out.String(), "vouch audit verify --log "+dir) {
+		t.Errorf("narration does not say how to audit the log:\n%s", out.String())
 	}
 	if !strings.Contains(out.String(), "agent id urn:ietf:params:oauth:ckt:sha-256:") {
 		t.Errorf("narration lacks the agent id:\n%s", out.String())
