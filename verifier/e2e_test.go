@@ -62,7 +62,7 @@ type env struct {
 // newEnv starts a verifier on loopback and an agent on the simulator booted
 // from a real RHEL 8 firmware log, measuring img. The AK is enrolled unless
 // enroll is false.
-func newEnv(t testing.TB, img agentside.Workload, enroll bool) *env {
+func newEnv(t testing.TB, img agentside.Workload, enroll bool, mods ...func(*verifier.Config)) *env {
 	t.Helper()
 	ctx := context.Background()
 	refs, err := firmwarerefs.Load()
@@ -70,7 +70,11 @@ func newEnv(t testing.TB, img agentside.Workload, enroll bool) *env {
 		t.Fatal(err)
 	}
 	clk := &clock{t: time.Now()}
-	srv, err := verifier.New(ctx, verifier.Config{DataDir: t.TempDir(), Refs: verifier.NewRefHolder(refs), Now: clk.Now, Logger: slog.New(slog.DiscardHandler)})
+	cfg := verifier.Config{DataDir: t.TempDir(), Refs: verifier.NewRefHolder(refs), Now: clk.Now, Logger: slog.New(slog.DiscardHandler)}
+	for _, m := range mods {
+		m(&cfg)
+	}
+	srv, err := verifier.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/vouch-dev/vouch/attest"
 	"github.com/vouch-dev/vouch/verifier/access"
 	"github.com/vouch-dev/vouch/verifier/appraisal"
+	"github.com/vouch-dev/vouch/verifier/audit"
 	"github.com/vouch-dev/vouch/verifier/issuer"
 	"github.com/vouch-dev/vouch/verifier/store"
 )
@@ -32,6 +33,9 @@ func (s *Server) routes() http.Handler {
 	s.access.Register(func(pattern, route string, h func(http.ResponseWriter, *http.Request) error) {
 		mux.Handle(pattern, s.instrument(route, h))
 	})
+	if s.tlog != nil {
+		mux.Handle("GET /v1/log/", http.StripPrefix("/v1/log", audit.Handler(s.cfg.DataDir, s.tlog.PublicKey())))
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok\n")
@@ -72,22 +76,28 @@ func (s *Server) handleChallenge(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) error {
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != attest.EvidenceMediaType {
-		return attest.Errorf(attest.ReasonUnsupportedMediaType, "send evidence as %s, not %q", attest.EvidenceMediaType, r.Header.Get("Content-Type"))
+		err := attest.Errorf(attest.ReasonUnsupportedMediaType, "send evidence as %s, not %q", attest.EvidenceMediaType, r.Header.Get("Content-Type"))
+		s.auditRefusal(r.Context(), nil, nil, err)
+		return err
 	}
 	raw, err := readBody(w, r, attest.MaxEvidenceSize)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return attest.Errorf(attest.ReasonRequestTooLarge, "evidence is larger than %d bytes", attest.MaxEvidenceSize)
+			err = attest.Errorf(attest.ReasonRequestTooLarge, "evidence is larger than %d bytes", attest.MaxEvidenceSize)
+		} else {
+			err = attest.Errorf(attest.ReasonRequestMalformed, "reading evidence: %w", err)
 		}
-		return attest.Errorf(attest.ReasonRequestMalformed, "reading evidence: %w", err)
+		s.auditRefusal(r.Context(), nil, nil, err)
+		return err
 	}
 	out, err := s.pipeline.Run(r.Context(), raw)
 	if err != nil {
 		s.refused(r.Context(), out, err)
+		s.auditRefusal(r.Context(), raw, out, err)
 		return &appraisalError{err: err, out: out}
 	}
-	cred, claims, err := s.issue(r.Context(), out, r.RemoteAddr)
+	cred, claims, err := s.issue(r.Context(), raw, out, r.RemoteAddr)
 	if err != nil {
 		return err
 	}
@@ -100,7 +110,7 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Vouch-Credential-Expires", claims.ExpiresAt().UTC().Format(time.RFC3339))
 	if claims.LogIndex != nil {
-		w.Header().Set("Vouch-Log-Index", strconv.FormatUint(*claims.LogIndex, 10))
+		w.Header().Set(LogIndexHeader, strconv.FormatUint(*claims.LogIndex, 10))
 	}
 	_, err = w.Write(cred)
 	return err
@@ -122,8 +132,11 @@ func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, erro
 }
 
 // issue mints and records the credential for a passed appraisal, with the
-// scope that delegation ∩ intent ∩ policy grants (package access).
-func (s *Server) issue(ctx context.Context, out *appraisal.Outcome, remoteAddr string) ([]byte, *attest.Claims, error) {
+// scope that delegation ∩ intent ∩ policy grants (package access). The order
+// is the audit contract: evidence archived, then the attestation record
+// (with the credential's cti, sub, aud, scope, exp) durably sequenced, then
+// the credential signed with that record's index in its LogIndex claim.
+func (s *Server) issue(ctx context.Context, raw []byte, out *appraisal.Outcome, remoteAddr string) ([]byte, *attest.Claims, error) {
 	src, _ := netip.ParseAddrPort(remoteAddr)
 	grant, err := s.access.ScopeFor(ctx, &access.Issuance{
 		Request: out.Request, Subject: out.AgentKey.Subject, Submods: out.Appraisal.Submods,
@@ -131,6 +144,7 @@ func (s *Server) issue(ctx context.Context, out *appraisal.Outcome, remoteAddr s
 	})
 	if err != nil {
 		s.refused(ctx, out, err)
+		s.auditRefusal(ctx, raw, out, err)
 		return nil, nil, err
 	}
 	id, err := issuer.NewID()
@@ -162,16 +176,27 @@ func (s *Server) issue(ctx context.Context, out *appraisal.Outcome, remoteAddr s
 		Intent:     grant.Intent,
 		Delegation: grant.Delegation,
 	}
+	digest, err := s.archive.PutEvidence(raw)
+	if err != nil {
+		return nil, nil, &attest.Error{Reason: attest.ReasonUnavailable, Detail: "the evidence cannot be archived; no credential is issued without it", Err: err}
+	}
+	rec := s.attestationRecord(out, digest, nil)
+	rec.Credential = &audit.Credential{ID: c.ID, Subject: c.Subject, Audience: c.Audience, Scope: c.Scope, Expiry: c.Expiry, SingleUse: c.SingleUse}
+	idx, err := s.record(context.WithoutCancel(ctx), rec)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.LogIndex = &idx
 	cred, err := s.keys.Sign(c)
 	if err != nil {
 		return nil, nil, fmt.Errorf("signing credential: %w", err)
 	}
-	rec := store.Credential{
+	stored := store.Credential{
 		ID: id, Subject: c.Subject, Audience: c.Audience, AKDigest: out.AK.Digest,
 		ImageDigest: out.Workload.ImageDigest, Scope: c.Scope,
 		IssuedAt: now, ExpiresAt: c.ExpiresAt(), LogIndex: c.LogIndex, Delegation: c.Delegation,
 	}
-	if err := s.store.RecordCredential(ctx, rec); err != nil {
+	if err := s.store.RecordCredential(ctx, stored); err != nil {
 		return nil, nil, unavailable(err)
 	}
 	return cred, c, nil
@@ -195,6 +220,10 @@ func (s *Server) refused(ctx context.Context, out *appraisal.Outcome, err error)
 	}
 	s.log.Log(ctx, level, "attestation refused", attrs...)
 }
+
+// LogIndexHeader carries the audit log index of an issued credential's
+// record (the same value as its LogIndex claim).
+const LogIndexHeader = "Vouch-Log-Index"
 
 // appraisalError carries a refusal with its partial outcome, so that the
 // problem document can show the appraisal.

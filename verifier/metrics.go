@@ -12,14 +12,16 @@ import (
 
 // metrics are the verifier's Prometheus metrics. Names are stable.
 type metrics struct {
-	attestations *prometheus.CounterVec   // by outcome and reason
-	steps        *prometheus.HistogramVec // appraisal step durations
-	stepFailures *prometheus.CounterVec   // refusals by step and reason
-	nonces       prometheus.Counter
-	requests     *prometheus.CounterVec
-	latency      *prometheus.HistogramVec
-	refReloads   *prometheus.CounterVec
-	refsInfo     *prometheus.GaugeVec
+	attestations  *prometheus.CounterVec   // by outcome and reason
+	steps         *prometheus.HistogramVec // appraisal step durations
+	stepFailures  *prometheus.CounterVec   // refusals by step and reason
+	nonces        prometheus.Counter
+	requests      *prometheus.CounterVec
+	latency       *prometheus.HistogramVec
+	refReloads    *prometheus.CounterVec
+	refsInfo      *prometheus.GaugeVec
+	auditRecords  *prometheus.CounterVec
+	auditFailures prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -59,6 +61,15 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		Name: "vouch_refs_info",
 		Help: "The reference set in force (1 for its id).",
 	}, []string{"id"})
+	m.auditRecords = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "vouch_audit_records_total",
+		Help: "Audit records durably appended, by kind.",
+	}, []string{"kind"})
+	m.auditFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "vouch_audit_failures_total",
+		Help: "Audit appends that failed (each one a decision refused or left unrecorded).",
+	})
+	reg.MustRegister(m.auditRecords, m.auditFailures)
 	reg.MustRegister(m.attestations, m.steps, m.stepFailures, m.nonces, m.requests, m.latency, m.refReloads, m.refsInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Make every step visible from the start, so dashboards do not wait for

@@ -76,24 +76,23 @@ func (s *Server) ReloadRefs(ctx context.Context, load RefLoader, trigger string)
 		s.metrics.refReloads.WithLabelValues("unchanged").Inc()
 		return false, nil
 	}
-	h.Set(next)
+	// SetRefs archives the set and records the change before it swaps it
+	// in: no credential can name a set the auditor cannot find.
+	if err := s.SetRefs(ctx, next, "reload: "+trigger); err != nil {
+		s.metrics.refReloads.WithLabelValues("failed").Inc()
+		s.log.ErrorContext(ctx, "reference values not put in force: they could not be archived or recorded", "refs", next.ID(), "err", err)
+		return false, err
+	}
 	s.metrics.refReloads.WithLabelValues("applied").Inc()
 	s.metrics.setRefs(next.ID())
 	s.log.InfoContext(ctx, "reference values reloaded", "refs", next.ID(), "previous", old.ID(), "trigger", trigger,
 		"profiles", len(next.Profiles), "images", len(next.Images))
-	s.auditConfig(ctx, "refs-applied", next.ID(), map[string]string{"trigger": trigger, "previous": old.ID()})
 	return true, nil
 }
 
 func (s *Server) auditConfig(ctx context.Context, outcome, refsID string, detail map[string]string) {
-	if s.cfg.Audit == nil {
-		return
-	}
-	rec := &audit.Record{
-		Kind: audit.KindConfig, TimeMillis: s.cfg.Now().UnixMilli(), Outcome: outcome,
-		RefSetID: refsID, Build: s.cfg.Build, Action: "refs-reload", Detail: detail,
-	}
-	if _, err := s.cfg.Audit.Append(ctx, rec); err != nil {
+	rec := &audit.Record{Kind: audit.KindConfig, Outcome: outcome, RefSetID: refsID, Action: "refs-reload", Detail: detail}
+	if _, err := s.record(ctx, rec); err != nil {
 		s.log.ErrorContext(ctx, "audit log append failed for a reference-value reload", "err", err)
 	}
 }

@@ -14,6 +14,9 @@
 //	POST /v1/enroll/activate → 201 enrollment
 //	POST /v1/authorize, POST /v1/elevate, /v1/delegations, /v1/users:
 //	                       authorization (package verifier/access)
+//	GET  /v1/log/...     → the audit log (C2SP tlog-tiles: checkpoint, tile/...,
+//	                       tile/entries/...), its key and archives; see package
+//	                       verifier/audit
 //	GET  /healthz        → 200 while the process serves
 //	GET  /readyz         → 200 when the database answers and keys are loaded
 //	GET  /metrics        → Prometheus text format
@@ -28,6 +31,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -93,9 +97,13 @@ type Config struct {
 	// EK allowlist, AK roots); New fills in its Store, Audit, Log, Build
 	// and Now. The zero value refuses every enrollment request.
 	Enrollment enroll.Options
-	// Audit receives audit records (attestations, enrollments, reloads of
-	// reference values); nil = not recorded yet.
+	// Audit receives a record of every decision. When nil (production), New
+	// opens the transparency log in DataDir (audit.Open) and the server owns
+	// it; there is no way to run without an audit log.
 	Audit audit.Log
+	// AuditOptions tune the log New opens (batching, checkpoint interval);
+	// DataDir is filled in.
+	AuditOptions audit.Options
 	// Policy holds the authorization policy (Cedar schema, intents,
 	// policies); nil means the built-in set (policy/authz).
 	Policy *authz.Holder
@@ -118,6 +126,12 @@ type Server struct {
 	enroll   *enroll.Service
 	metrics  *metrics
 	handler  http.Handler
+	audit    audit.Log
+	tlog     *audit.TLog // the log New opened, nil when Config.Audit was given
+	archive  *audit.Archive
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // New opens the data directory (creating it 0700), the database and the keys.
@@ -164,8 +178,27 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, fmt.Errorf("verifier: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, store: st, keys: keys, metrics: newMetrics(cfg.Registry)}
+	s := &Server{cfg: cfg, log: cfg.Logger, store: st, keys: keys, metrics: newMetrics(cfg.Registry), audit: cfg.Audit, archive: audit.NewArchive(cfg.DataDir)}
 	s.metrics.setRefs(cfg.Refs.Refs().ID())
+	if s.audit == nil {
+		ao := cfg.AuditOptions
+		ao.DataDir = cfg.DataDir
+		if s.tlog, err = audit.Open(ctx, ao); err != nil {
+			st.Close()
+			return nil, fmt.Errorf("verifier: %w", err)
+		}
+		s.audit = s.tlog
+	}
+	// The reference set in force is archived before any record names it,
+	// and the start is recorded with the configuration that decides.
+	if err := s.archive.PutRefs(cfg.Refs.Refs()); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("verifier: %w", err)
+	}
+	if _, err := s.record(ctx, s.startRecord()); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("verifier: recording the start: %w", err)
+	}
 	s.pipeline, err = appraisal.New(appraisal.Options{
 		Nonces:       st,
 		AKs:          st,
@@ -175,19 +208,19 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Observe:      s.metrics.observeStep,
 	})
 	if err != nil {
-		st.Close()
+		s.Close()
 		return nil, err
 	}
 	eo := cfg.Enrollment
-	eo.Store, eo.Audit, eo.Log, eo.Build, eo.Now = st, cfg.Audit, cfg.Logger, cfg.Build, cfg.Now
+	eo.Store, eo.Audit, eo.Log, eo.Build, eo.Now = st, serverLog{s}, cfg.Logger, cfg.Build, cfg.Now
 	if s.enroll, err = enroll.New(eo); err != nil {
-		st.Close()
+		s.Close()
 		return nil, err
 	}
 	if cfg.Policy == nil {
 		eng, err := authz.Default()
 		if err != nil {
-			st.Close()
+			s.Close()
 			return nil, fmt.Errorf("verifier: built-in authorization policy: %w", err)
 		}
 		cfg.Policy = authz.NewHolder(eng)
@@ -195,11 +228,11 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	s.access, err = access.New(access.Options{
 		Store: st, Keys: keys, Policy: cfg.Policy, Issuer: cfg.Issuer, Build: cfg.Build,
-		ElevationTTL: cfg.ElevationTTL, ExternalURL: cfg.ExternalURL, Audit: cfg.Audit,
+		ElevationTTL: cfg.ElevationTTL, ExternalURL: cfg.ExternalURL, Audit: serverLog{s},
 		Logger: cfg.Logger.With("component", "access"), Now: cfg.Now,
 	})
 	if err != nil {
-		st.Close()
+		s.Close()
 		return nil, fmt.Errorf("verifier: %w", err)
 	}
 	s.handler = s.routes()
@@ -224,8 +257,31 @@ func (s *Server) Store() *store.Store { return s.store }
 // Keys returns the issuing keys.
 func (s *Server) Keys() *issuer.Keys { return s.keys }
 
-// Close releases the database.
-func (s *Server) Close() error { return s.store.Close() }
+// AuditLog returns the transparency log the server opened, or nil when
+// Config.Audit supplied another Log.
+func (s *Server) AuditLog() *audit.TLog { return s.tlog }
+
+// Close waits (up to 10 s) until a signed checkpoint covers every record
+// this server appended, closes the log it opened, and releases the database.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = s.close() })
+	return s.closeErr
+}
+
+func (s *Server) close() error {
+	var errs []error
+	if s.tlog != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.tlog.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("closing the audit log: %w", err))
+		}
+	}
+	if err := s.store.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
 
 // Serve serves the API on ln until ctx is done, then shuts down gracefully
 // (in-flight requests get up to 10 s). It also prunes expired nonces.

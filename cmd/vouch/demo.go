@@ -28,11 +28,14 @@ the relying party asks the verifier to decide every request. It then shows
 what an attacker meets: a replayed proof, a stolen credential used with
 another key, a delete outside the intent, a just-in-time write elevation
 used twice, a revoked delegation, and an agent running an image no
-reference value allows. It prints a short summary and exits 0 when every step went as
-expected.
+reference value allows. Last, it verifies the verifier's audit log as an
+outside auditor would (signed checkpoint, Merkle tree, every record, every
+attestation re-appraised from its archived evidence). It prints a short
+summary and exits 0 when every step went as expected.
 
 With --data DIR the verifier's data directory (database, signing keys) is
-kept in DIR for inspection instead of a temporary directory.`,
+kept in DIR for inspection instead of a temporary directory; verify its audit
+log again with vouch audit verify --log DIR.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			logger, err := cliconf.Logger(cmd, os.Stderr)
@@ -82,6 +85,7 @@ func printSummary(cmd *cobra.Command, s *demo.Summary) {
 	fmt.Fprintf(w, "what alice delegated; a delete was refused, one write was elevated just in time and its reuse refused,\n")
 	fmt.Fprintf(w, "and the revoked delegation was refused on the very next request.\n")
 	if s.Kept {
-		fmt.Fprintf(w, "The verifier's data is in %s (inspect it with `vouch agents list --data %s`).\n", s.DataDir, s.DataDir)
+		fmt.Fprintf(w, "The verifier's data is in %s (inspect it with `vouch agents list --data %s`;\n", s.DataDir, s.DataDir)
+		fmt.Fprintf(w, "audit it with `vouch audit verify --log %s`).\n", s.DataDir)
 	}
 }

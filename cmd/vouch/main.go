@@ -35,11 +35,15 @@ VOUCH_DATA) or in a YAML file given with --config.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			return cliconf.Apply(cmd)
+			if err := cliconf.Apply(cmd); err != nil {
+				return err
+			}
+			quietLibraryLogs(cmd)
+			return nil
 		},
 	}
 	cliconf.AddFlags(root.PersistentFlags())
-	root.AddCommand(newDemoCmd(), newCredCmd(), newAgentsCmd(), newRefsCmd())
+	root.AddCommand(newDemoCmd(), newCredCmd(), newAgentsCmd(), newRefsCmd(), newAuditCmd())
 	root.AddCommand(newEventlogCmd(), newQuoteCmd())
 	root.AddCommand(newDelegationsCmd(), newUsersCmd(), newAuthzCmd(), newBenchCmd())
 	return root

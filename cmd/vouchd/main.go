@@ -118,6 +118,9 @@ func loadRefs(dir string) (*policy.RefSet, error) {
 }
 
 func run(ctx context.Context, o options, log *slog.Logger) error {
+	// The transparency-log library logs through klog: warnings and worse
+	// go to vouchd's log.
+	cliconf.RouteLibraryLogs(log)
 	refs, err := loadRefs(o.refs)
 	if err != nil {
 		return err

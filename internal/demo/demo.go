@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -29,6 +30,8 @@ import (
 	firmwarerefs "github.com/vouch-dev/vouch/firmware-refs"
 	"github.com/vouch-dev/vouch/verifier"
 	"github.com/vouch-dev/vouch/verifier/access"
+	"github.com/vouch-dev/vouch/verifier/audit"
+	"github.com/vouch-dev/vouch/verifier/audit/auditor"
 	"github.com/vouch-dev/vouch/verifier/store"
 )
 
@@ -78,16 +81,18 @@ type Step struct {
 
 // Summary is what Run reports.
 type Summary struct {
-	VerifierURL string        `json:"verifier_url"`
-	DataDir     string        `json:"data_dir"`
-	Kept        bool          `json:"data_dir_kept"`
-	RefSetID    string        `json:"reference_set"`
-	AKDigest    string        `json:"ak_digest"`
-	Subject     string        `json:"agent_id"`
-	Delegation  string        `json:"delegation"`
-	Credential  int           `json:"credential_bytes"`
-	Steps       []Step        `json:"steps"`
-	Elapsed     time.Duration `json:"elapsed_ns"`
+	VerifierURL string `json:"verifier_url"`
+	DataDir     string `json:"data_dir"`
+	Kept        bool   `json:"data_dir_kept"`
+	RefSetID    string `json:"reference_set"`
+	AKDigest    string `json:"ak_digest"`
+	Subject     string `json:"agent_id"`
+	Delegation  string `json:"delegation"`
+	Credential  int    `json:"credential_bytes"`
+	// AuditRecords is the number of records in the verifier's audit log.
+	AuditRecords uint64        `json:"audit_records"`
+	Steps        []Step        `json:"steps"`
+	Elapsed      time.Duration `json:"elapsed_ns"`
 }
 
 // OK reports whether every step had the expected outcome.
@@ -192,18 +197,52 @@ func (r *run) run(ctx context.Context, dir string) error {
 	}
 	defer os.RemoveAll(stateDir)
 
-	cred, err := r.goodAgent(ctx, srv.Store(), client, stateDir, rpURL, alice, dlgID)
+	cred, err := r.goodAgent(ctx, srv, client, stateDir, rpURL, alice, dlgID)
 	if err != nil {
 		return err
 	}
 	r.sum.Credential = len(cred)
-	return r.badAgent(ctx, client, stateDir)
+	if err := r.badAgent(ctx, client, stateDir); err != nil {
+		return err
+	}
+	stopV()
+	if err := srv.Close(); err != nil {
+		return err
+	}
+	return r.audit(ctx, dir)
+}
+
+// audit verifies the verifier's audit log as an outside auditor would:
+// signature, tree, records, archived evidence, and every attestation
+// re-appraised from its archived evidence.
+func (r *run) audit(ctx context.Context, dir string) error {
+	start := time.Now()
+	src, err := auditor.OpenSource(dir, nil)
+	if err != nil {
+		return err
+	}
+	key, err := os.ReadFile(filepath.Join(dir, audit.PublicKeyFile))
+	if err != nil {
+		return err
+	}
+	rep, err := auditor.Verify(ctx, auditor.Options{Source: src, PublicKey: strings.TrimSpace(string(key)), Reappraise: true})
+	if err != nil {
+		return err
+	}
+	r.sum.AuditRecords = rep.Records
+	outcome := fmt.Sprintf("%d records in the transparency log, signed checkpoint and Merkle tree verified, %d attestations re-appraised from archived evidence", rep.Records, rep.Reappraised)
+	if !rep.OK() {
+		outcome = fmt.Sprintf("the audit log does not verify: %v", rep.Findings)
+	}
+	r.step("audit", rep.OK(), "", start, "%s", outcome)
+	r.say("               check it yourself: vouch audit verify --log %s", dir)
+	return nil
 }
 
 // goodAgent boots the simulator, measures the allowed image, enrolls the AK,
 // attests and calls the relying party; then shows a replayed proof and a
 // stolen credential being refused.
-func (r *run) goodAgent(ctx context.Context, st *store.Store, client *agentside.Client, stateDir, rpURL string, alice *access.Client, dlgID string) ([]byte, error) {
+func (r *run) goodAgent(ctx context.Context, srv *verifier.Server, client *agentside.Client, stateDir, rpURL string, alice *access.Client, dlgID string) ([]byte, error) {
 	start := time.Now()
 	tpm, agent, err := bootAgent(ctx, stateDir, Image)
 	if err != nil {
@@ -219,7 +258,10 @@ func (r *run) goodAgent(ctx context.Context, st *store.Store, client *agentside.
 		return nil, err
 	}
 	d := sha256.Sum256(spki)
-	if err := st.Enroll(ctx, store.Enrollment{AKDigest: d[:], AKPublic: spki, Method: "operator", Name: "demo host", EnrolledBy: "vouch demo", EnrolledAt: time.Now()}); err != nil && !errors.Is(err, store.ErrExists) {
+	if err := srv.Store().Enroll(ctx, store.Enrollment{AKDigest: d[:], AKPublic: spki, Method: "operator", Name: "demo host", EnrolledBy: "vouch demo", EnrolledAt: time.Now()}); err != nil && !errors.Is(err, store.ErrExists) {
+		return nil, err
+	}
+	if _, err := srv.Record(ctx, &audit.Record{Kind: audit.KindEnrollment, Outcome: "enrolled", User: "vouch demo", Agent: &audit.Agent{AKDigest: d[:]}, Detail: map[string]string{"method": "operator", "name": "demo host"}}); err != nil {
 		return nil, err
 	}
 	r.sum.AKDigest = fmt.Sprintf("%x", d)

@@ -38,6 +38,7 @@ func TestRun(t *testing.T) {
 		"replay": attest.ReasonPoPReplayed, "stolen": attest.ReasonPoPSignature, "bad image": attest.ReasonRefsImageDigest,
 		"delegate": "", "delete": attest.ReasonScopeInsufficient, "elevate": "", "reuse": attest.ReasonCredentialReused,
 		"revoked": attest.ReasonDelegationRevoked,
+		"audit":   "",
 	}
 	for _, st := range sum.Steps {
 		r, ok := want[st.Name]
@@ -55,6 +56,16 @@ func TestRun(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "vouch.db")); err != nil {
 		t.Errorf("--data directory not kept: %v", err)
+	}
+	// start, delegation created, enrollment, issuance decision and
+	// attestation, six authorization decisions (read, delete, elevation,
+	// write, reused write, read after revocation), the delegation's
+	// revocation and the bad image's refusal
+	if sum.AuditRecords != 13 {
+		t.Errorf("audit log holds %d records, want 13", sum.AuditRecords)
+	}
+	if !strings.Contains(out.String(), "vouch audit verify --log "+dir) {
+		t.Errorf("narration does not say how to audit the log:\n%s", out.String())
 	}
 	if !strings.Contains(out.String(), "agent id urn:ietf:params:oauth:ckt:sha-256:") {
 		t.Errorf("narration lacks the agent id:\n%s", out.String())
