@@ -26,6 +26,9 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("POST /v1/challenge", s.instrument("challenge", s.handleChallenge))
 	mux.Handle("POST /v1/attest", s.instrument("attest", s.handleAttest))
 	mux.Handle("GET /v1/keys", s.instrument("keys", s.handleKeys))
+	mux.Handle("GET /v1/revocations", s.instrument("revocations", s.handleRevocations))
+	mux.Handle("GET /v1/revocations/stream", s.instrument("revocations-stream", s.handleRevocationStream))
+	mux.Handle("POST /v1/signals", s.instrument("signals", s.handleSignals))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok\n")
@@ -77,14 +80,23 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) error {
 		return attest.Errorf(attest.ReasonRequestMalformed, "reading evidence: %w", err)
 	}
 	out, err := s.pipeline.Run(r.Context(), raw)
+	if err == nil {
+		err = s.held(r.Context(), out)
+	}
 	if err != nil {
 		s.refused(r.Context(), out, err)
+		s.observeAttestation(r.Context(), out, err)
 		return &appraisalError{err: err, out: out}
 	}
 	cred, claims, err := s.issue(r.Context(), out)
 	if err != nil {
+		if rs := attest.ReasonOf(err); rs != attest.ReasonUnavailable && rs != attest.ReasonInternal {
+			s.refused(r.Context(), out, err)
+			s.observeAttestation(r.Context(), out, err)
+		}
 		return err
 	}
+	s.observeAttestation(r.Context(), out, nil)
 	s.metrics.attestations.WithLabelValues("issued", "").Inc()
 	s.log.InfoContext(r.Context(), "credential issued",
 		"sub", claims.Subject, "aud", claims.Audience, "cti", fmt.Sprintf("%x", claims.ID),
@@ -130,10 +142,22 @@ func (s *Server) issue(ctx context.Context, out *appraisal.Outcome) ([]byte, *at
 	rec := store.Credential{
 		ID: id, Subject: c.Subject, Audience: c.Audience, AKDigest: out.AK.Digest,
 		ImageDigest: out.Workload.ImageDigest, Scope: c.Scope,
-		IssuedAt: now, ExpiresAt: c.ExpiresAt(), LogIndex: c.LogIndex,
+		IssuedAt: now, ExpiresAt: c.ExpiresAt(), LogIndex: c.LogIndex, Intent: c.Intent,
 	}
 	if err := s.store.RecordCredential(ctx, rec); err != nil {
 		return nil, nil, unavailable(err)
+	}
+	// A quarantine committed while this credential was being issued missed
+	// it when it revoked the agent's credentials: check again, now that the
+	// credential is on record, and revoke it ourselves.
+	if err := s.held(ctx, out); err != nil {
+		if attest.ReasonOf(err) != attest.ReasonUnavailable {
+			if _, rerr := s.store.RevokeCredentialID(ctx, id, store.Revocation{Reason: "issued during a quarantine", RevokedBy: "verifier", RevokedAt: now}); rerr != nil {
+				return nil, nil, unavailable(rerr)
+			}
+			s.feed.notify()
+		}
+		return nil, nil, err
 	}
 	return cred, c, nil
 }
@@ -246,6 +270,10 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	return w.ResponseWriter.Write(b)
 }
 
+// Unwrap lets http.ResponseController reach the connection (flushing the
+// revocation stream).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
 func (w *statusWriter) code() int {
 	if w.status == 0 {
 		return http.StatusOK
@@ -271,7 +299,7 @@ func StatusFor(r attest.Reason) int {
 		return http.StatusServiceUnavailable
 	case attest.ReasonAKRevoked, attest.ReasonRefsImageDigest, attest.ReasonRefsImageRef, attest.ReasonRefsBootState,
 		attest.ReasonRefsSecureBoot, attest.ReasonRefsPCR, attest.ReasonRefsDenied, attest.ReasonRefsNoProfile,
-		attest.ReasonAppraisalWarn:
+		attest.ReasonAppraisalWarn, attest.ReasonAgentQuarantined, attest.ReasonAgentRevoked:
 		return http.StatusForbidden
 	}
 	return http.StatusUnauthorized

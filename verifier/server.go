@@ -10,6 +10,10 @@
 //	POST /v1/attest      ← application/vnd.vouch.evidence+cbor
 //	                     → 200 application/cwt (the credential)
 //	GET  /v1/keys        → 200 application/cose-key-set
+//	GET  /v1/revocations?since=N        → 200 attest.RevocationPage (JSON)
+//	GET  /v1/revocations/stream?since=N → text/event-stream of revocations
+//	POST /v1/signals     ← attest.ReportBatch from a relying party (bearer token)
+//	                     → 202 {"accepted": n, "ignored": m}
 //	GET  /healthz        → 200 while the process serves
 //	GET  /readyz         → 200 when the database answers and keys are loaded
 //	GET  /metrics        → Prometheus text format
@@ -24,14 +28,18 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vouch-dev/vouch/policy"
 	"github.com/vouch-dev/vouch/verifier/appraisal"
+	"github.com/vouch-dev/vouch/verifier/audit"
 	"github.com/vouch-dev/vouch/verifier/issuer"
+	"github.com/vouch-dev/vouch/verifier/monitor"
 	"github.com/vouch-dev/vouch/verifier/store"
 )
 
@@ -83,6 +91,24 @@ type Config struct {
 	Registry *prometheus.Registry
 	// Now returns the current time; time.Now when nil. Tests move it.
 	Now func() time.Time
+
+	// Audit receives the monitor's records (alerts, revocations,
+	// quarantines, releases); nil records nothing yet.
+	Audit audit.Log
+	// Monitor is the detection and response configuration; the built-in
+	// defaults when nil. Reload with Server.Monitor().SetConfig.
+	Monitor *monitor.Config
+	// Webhook, if set, receives every alert whose severity calls for it.
+	Webhook *monitor.WebhookOptions
+	// MonitorQueue bounds the signals waiting for the monitor (default
+	// monitor.DefaultQueueSize).
+	MonitorQueue int
+	// OnAlert, if set, is called after each alert's response (the demo).
+	OnAlert func(monitor.Alert)
+	// FeedHeartbeat is the revocation stream's heartbeat interval (default
+	// DefaultFeedHeartbeat); relying parties fail closed after missing a
+	// few.
+	FeedHeartbeat time.Duration
 }
 
 // Server is a running verifier.
@@ -94,6 +120,12 @@ type Server struct {
 	pipeline *appraisal.Pipeline
 	metrics  *metrics
 	handler  http.Handler
+
+	monitor   *monitor.Monitor
+	feed      *feedBroker
+	credCache *lru.Cache[string, reportedCredential]
+	stopBg    context.CancelFunc
+	bg        sync.WaitGroup
 }
 
 // New opens the data directory (creating it 0700), the database and the keys.
@@ -153,8 +185,35 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, err
 	}
+	if err := s.startMonitoring(); err != nil {
+		st.Close()
+		return nil, err
+	}
 	s.handler = s.routes()
 	return s, nil
+}
+
+// startMonitoring starts the behaviour monitor and the revocation feed.
+func (s *Server) startMonitoring() error {
+	if s.cfg.FeedHeartbeat <= 0 {
+		s.cfg.FeedHeartbeat = DefaultFeedHeartbeat
+	}
+	s.feed = newFeedBroker(s.store)
+	s.credCache = newCredentialCache()
+	mon, err := monitor.New(monitor.Options{
+		Store: s.store, Config: s.cfg.Monitor, Audit: s.cfg.Audit, Build: s.cfg.Build, Webhook: s.cfg.Webhook,
+		OnRevocation: s.feed.notify, OnAlert: s.cfg.OnAlert, QueueSize: s.cfg.MonitorQueue,
+		Logger: s.log, Registry: s.cfg.Registry, Now: s.cfg.Now,
+	})
+	if err != nil {
+		return fmt.Errorf("verifier: %w", err)
+	}
+	s.monitor = mon
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopBg = cancel
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.feed.run(ctx, s.cfg.FeedHeartbeat, s) }()
+	return nil
 }
 
 // Handler returns the HTTP handler of the API.
@@ -167,8 +226,14 @@ func (s *Server) Store() *store.Store { return s.store }
 // Keys returns the issuing keys.
 func (s *Server) Keys() *issuer.Keys { return s.keys }
 
-// Close releases the database.
-func (s *Server) Close() error { return s.store.Close() }
+// Close stops the monitor and the revocation feed and releases the
+// database.
+func (s *Server) Close() error {
+	s.stopBg()
+	s.bg.Wait()
+	s.monitor.Close()
+	return s.store.Close()
+}
 
 // Serve serves the API on ln until ctx is done, then shuts down gracefully
 // (in-flight requests get up to 10 s). It also prunes expired nonces.
@@ -212,6 +277,10 @@ func (s *Server) pruneLoop(ctx context.Context) {
 				s.log.Warn("pruning nonces", "err", err)
 			} else if n > 0 {
 				s.log.Debug("pruned nonces", "count", n)
+			}
+			// Credential revocations matter until the credential expires.
+			if _, err := s.store.PruneRevocations(ctx, s.cfg.Now().Add(-time.Hour)); err != nil {
+				s.log.Warn("pruning revocations", "err", err)
 			}
 		}
 	}

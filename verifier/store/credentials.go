@@ -20,11 +20,12 @@ type Credential struct {
 	IssuedAt    time.Time
 	ExpiresAt   time.Time
 	LogIndex    *uint64 // audit log index of the issuance record, once sequenced
+	Intent      string  // the intent the agent declared
 }
 
 const sqlRecordCredential = `INSERT INTO credentials
-	(cti, subject, audience, ak_digest, image_digest, scope, issued_at, expires_at, log_index)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	(cti, subject, audience, ak_digest, image_digest, scope, issued_at, expires_at, log_index, intent)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 // RecordCredential stores an issued credential.
 func (s *Store) RecordCredential(ctx context.Context, c Credential) error {
@@ -34,7 +35,7 @@ func (s *Store) RecordCredential(ctx context.Context, c Credential) error {
 	}
 	_, err := s.stmt(sqlRecordCredential).ExecContext(ctx,
 		c.ID, c.Subject, c.Audience, c.AKDigest, c.ImageDigest, strings.Join(c.Scope, " "),
-		unixNano(c.IssuedAt), unixNano(c.ExpiresAt), idx)
+		unixNano(c.IssuedAt), unixNano(c.ExpiresAt), idx, c.Intent)
 	if err != nil {
 		return fmt.Errorf("recording credential: %w", err)
 	}
@@ -48,8 +49,8 @@ func (s *Store) CredentialByID(ctx context.Context, cti []byte) (*Credential, er
 	var issued, expires int64
 	var idx sql.NullInt64
 	err := s.db.QueryRowContext(ctx, `SELECT cti, subject, audience, ak_digest, image_digest, scope,
-		issued_at, expires_at, log_index FROM credentials WHERE cti = ?`, cti).
-		Scan(&c.ID, &c.Subject, &c.Audience, &c.AKDigest, &c.ImageDigest, &scope, &issued, &expires, &idx)
+		issued_at, expires_at, log_index, intent FROM credentials WHERE cti = ?`, cti).
+		Scan(&c.ID, &c.Subject, &c.Audience, &c.AKDigest, &c.ImageDigest, &scope, &issued, &expires, &idx, &c.Intent)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}

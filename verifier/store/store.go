@@ -1,5 +1,7 @@
 // Package store keeps the verifier's state in a real database: challenge
-// nonces, AK enrollments and the credentials it issued. The embedded default
+// nonces, AK enrollments, the credentials it issued, and the state of
+// continuous monitoring (the revocation feed, quarantines, alerts, the
+// webhook outbox and the agents seen attesting). The embedded default
 // is SQLite (modernc.org/sqlite, no cgo, no setup) in the data directory.
 //
 // Every method takes a context and is safe for concurrent use. Operations that
@@ -34,6 +36,7 @@ type Store struct {
 // attestation, where parsing SQL again would cost as much as running it.
 var hotStatements = []string{
 	sqlPutNonce, sqlConsumeNonce, enrollmentSelect + ` WHERE ak_digest = ?`, sqlRecordCredential,
+	sqlActiveQuarantine, sqlAgentRevoked, sqlRecordAgentSeen,
 }
 
 // stmt returns the prepared form of a hot statement.
@@ -128,6 +131,9 @@ var migrations = []string{
 		log_index    INTEGER
 	);
 	CREATE INDEX credentials_subject ON credentials(subject);`,
+	// 2: continuous monitoring (revocation feed, quarantines, alerts, webhook
+	// outbox, agents seen).
+	migrationMonitoring,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
