@@ -218,6 +218,8 @@ func (s *Server) handleRevocationStream(w http.ResponseWriter, r *http.Request) 
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-s.streams.Done():
+			return nil
 		case <-changed:
 		case <-hb.C:
 		}

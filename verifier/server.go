@@ -126,6 +126,9 @@ type Server struct {
 	credCache *lru.Cache[string, reportedCredential]
 	stopBg    context.CancelFunc
 	bg        sync.WaitGroup
+	// streams ends the revocation streams on shutdown (they never end on
+	// their own).
+	streams context.Context
 }
 
 // New opens the data directory (creating it 0700), the database and the keys.
@@ -210,7 +213,7 @@ func (s *Server) startMonitoring() error {
 	}
 	s.monitor = mon
 	ctx, cancel := context.WithCancel(context.Background())
-	s.stopBg = cancel
+	s.stopBg, s.streams = cancel, ctx
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.feed.run(ctx, s.cfg.FeedHeartbeat, s) }()
 	return nil
@@ -247,6 +250,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	srv.RegisterOnShutdown(s.stopBg) // end the revocation streams, or Shutdown waits for them
 	go s.pruneLoop(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
