@@ -5,8 +5,10 @@ import (
 	"crypto/rand"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -189,5 +191,26 @@ func BenchmarkRevocationPropagation(b *testing.B) {
 		b.StartTimer()
 		e.srv.Monitor().Observe(ctx, theft(sub, c.ID))
 		e.waitArrival(b, c.ID)
+	}
+}
+
+// TestSignalsNeedAKnownReporter: request reports are taken only from a
+// relying party whose token the monitor configuration lists.
+func TestSignalsNeedAKnownReporter(t *testing.T) {
+	e := newFeedEnv(t)
+	for _, auth := range []string{"", "Bearer not-a-known-token"} {
+		req, _ := http.NewRequest(http.MethodPost, e.hs.URL+"/v1/signals", strings.NewReader(`{"reports":[]}`))
+		req.Header.Set("Content-Type", "application/json")
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if reason := attest.ReasonOf(attest.ReadProblem(resp)); resp.StatusCode != http.StatusUnauthorized || reason != attest.ReasonReporterUnknown {
+			t.Errorf("Authorization %q: %d %s, want 401 %s", auth, resp.StatusCode, reason, attest.ReasonReporterUnknown)
+		}
+		resp.Body.Close()
 	}
 }

@@ -22,8 +22,11 @@ from a real recorded firmware event log (RHEL 8, UEFI, secure boot), measures an
 agent's container image into PCR 13, enrolls the TPM's attestation key, attests,
 and calls a protected resource with the credential and per-request proofs of
 possession. It then shows what an attacker meets: a replayed proof, a stolen
-credential used with another key, and an agent running an image no reference
-value allows. It prints a short summary and exits 0 when every step went as
+credential used with another key (which the monitor then revokes), a second
+agent that misbehaves (a burst of requests, then actions outside its declared
+intent) and is detected, revoked at the relying party and quarantined, and an
+agent running an image no reference value allows (after which the machine is
+quarantined). It prints a short summary and exits 0 when every step went as
 expected.
 
 With --data DIR the verifier's data directory (database, signing keys) is
@@ -74,7 +77,13 @@ func printSummary(cmd *cobra.Command, s *demo.Summary) {
 	}
 	fmt.Fprintf(w, "\nSummary: %d of %d steps as expected in %s. One agent attested and was served; a replayed proof,\n", ok, len(s.Steps), s.Elapsed.Round(time.Millisecond))
 	fmt.Fprintf(w, "a stolen credential and an unapproved image were refused.\n")
+	if s.Quarantined {
+		fmt.Fprintf(w, "The monitor raised %d alerts: it revoked the stolen credential, caught the misbehaving agent (burst, then\n", len(s.Alerts))
+		fmt.Fprintf(w, "actions outside its intent), revoked it — refused at the relying party %v after the revocation — and\n", s.RevocationToRefusal.Round(time.Millisecond))
+		fmt.Fprintf(w, "quarantined its workload, then its whole machine when it came back with a changed image.\n")
+	}
 	if s.Kept {
-		fmt.Fprintf(w, "The verifier's data is in %s (inspect it with `vouch agents list --data %s`).\n", s.DataDir, s.DataDir)
+		fmt.Fprintf(w, "The verifier's data is in %s (inspect it with `vouch agents list --data %s`,\n", s.DataDir, s.DataDir)
+		fmt.Fprintf(w, "then `vouch agents show <AK prefix> --data %s`).\n", s.DataDir)
 	}
 }

@@ -7,6 +7,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -25,6 +26,7 @@ import (
 	"github.com/vouch-dev/vouch/internal/version"
 	"github.com/vouch-dev/vouch/policy"
 	"github.com/vouch-dev/vouch/verifier"
+	"github.com/vouch-dev/vouch/verifier/monitor"
 )
 
 func main() {
@@ -39,6 +41,8 @@ type options struct {
 	credTTL, nonceTTL          time.Duration
 	allowWarning               bool
 	tlsCert, tlsKey            string
+	monitorConfig              string
+	webhookURL, webhookSecret  string
 }
 
 func newRoot() *cobra.Command {
@@ -85,9 +89,11 @@ beyond loopback.`,
 	f.BoolVar(&o.allowWarning, "allow-warning", false, "also issue credentials when the appraisal status is warning")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate chain for HTTPS")
 	f.StringVar(&o.tlsKey, "tls-key", "", "PEM private key for HTTPS")
+	f.StringVar(&o.monitorConfig, "monitor-config", "", "YAML file of monitoring rules, thresholds and responses over the built-in defaults (reloaded on SIGHUP and when it changes; see docs/monitoring.md)")
+	f.StringVar(&o.webhookURL, "webhook-url", "", "URL that receives alerts as signed JSON POSTs (https unless loopback)")
+	f.StringVar(&o.webhookSecret, "webhook-secret-file", "", "file holding the webhook's HMAC-SHA256 key (at least 16 bytes; required with --webhook-url)")
 	return cmd
 }
-
 
 func loadRefs(dir string) (*policy.RefSet, error) {
 	if dir == "" {
@@ -101,6 +107,20 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	var monCfg *monitor.Config
+	if o.monitorConfig != "" {
+		if monCfg, err = monitor.LoadConfig(o.monitorConfig); err != nil {
+			return err
+		}
+	}
+	var webhook *monitor.WebhookOptions
+	if o.webhookURL != "" {
+		secret, err := os.ReadFile(o.webhookSecret)
+		if err != nil {
+			return fmt.Errorf("--webhook-secret-file: %w", err)
+		}
+		webhook = &monitor.WebhookOptions{URL: o.webhookURL, Secret: bytes.TrimSpace(secret)}
+	}
 	srv, err := verifier.New(ctx, verifier.Config{
 		DataDir:       o.data,
 		Refs:          verifier.NewRefHolder(refs),
@@ -110,6 +130,8 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		NonceTTL:      o.nonceTTL,
 		AllowWarning:  o.allowWarning,
 		Logger:        log,
+		Monitor:       monCfg,
+		Webhook:       webhook,
 	})
 	if err != nil {
 		return err
@@ -130,6 +152,9 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	} else if host, _, _ := net.SplitHostPort(o.listen); !isLoopback(host) {
 		log.Warn("serving plain HTTP beyond loopback; give --tls-cert and --tls-key", "listen", o.listen)
 	}
+	if o.monitorConfig != "" {
+		go watchMonitorConfig(ctx, o.monitorConfig, srv.Monitor(), log)
+	}
 	log.Info("vouchd listening", "url", scheme+"://"+ln.Addr().String(), "data", o.data,
 		"refs", refs.ID(), "profiles", len(refs.Profiles), "images", len(refs.Images), "version", version.String())
 	fmt.Fprintf(os.Stderr, "vouchd listening on %s://%s (data %s)\n", scheme, ln.Addr(), o.data)
@@ -138,6 +163,46 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	log.Info("vouchd stopped")
 	return nil
+}
+
+// watchMonitorConfig reloads the monitor configuration on SIGHUP and when
+// the file's modification time or size changes (checked every 2 s). A file
+// that does not load keeps the configuration in force.
+func watchMonitorConfig(ctx context.Context, file string, mon *monitor.Monitor, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	stamp := func() string {
+		fi, err := os.Stat(file)
+		if err != nil {
+			return ""
+		}
+		return fmt.Sprint(fi.ModTime().UnixNano(), fi.Size())
+	}
+	last := stamp()
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		case <-t.C:
+			if s := stamp(); s == last {
+				continue
+			}
+		}
+		last = stamp()
+		cfg, err := monitor.LoadConfig(file)
+		if err == nil {
+			err = mon.SetConfig(cfg)
+		}
+		if err != nil {
+			log.Error("monitor configuration not reloaded; the previous one stays in force", "file", file, "err", err)
+			continue
+		}
+		log.Info("monitor configuration reloaded", "file", file)
+	}
 }
 
 func isLoopback(host string) bool {

@@ -85,6 +85,12 @@ type Summary struct {
 	Credential  int           `json:"credential_bytes"`
 	Steps       []Step        `json:"steps"`
 	Elapsed     time.Duration `json:"elapsed_ns"`
+	// Alerts the monitor raised, RevocationToRefusal the time from the
+	// burst alert (credential revoked) to the relying party refusing it,
+	// and Quarantined whether the misbehaving agent was quarantined.
+	Alerts              []AlertSummary `json:"alerts"`
+	RevocationToRefusal time.Duration  `json:"revocation_to_refusal_ns"`
+	Quarantined         bool           `json:"quarantined"`
 }
 
 // OK reports whether every step had the expected outcome.
@@ -103,6 +109,7 @@ type run struct {
 	log     *slog.Logger
 	sum     *Summary
 	started time.Time
+	alerts  chan timedAlert
 }
 
 func (r *run) say(format string, args ...any) { fmt.Fprintf(r.out, format+"\n", args...) }
@@ -120,7 +127,7 @@ func (r *run) step(name string, ok bool, reason attest.Reason, start time.Time, 
 // Run runs the demo. It returns an error only when the demo could not run;
 // a step with an unexpected outcome is reported in the summary.
 func Run(ctx context.Context, opts Options) (*Summary, error) {
-	r := &run{opts: opts, out: opts.Out, log: opts.Logger, sum: &Summary{}, started: time.Now()}
+	r := &run{opts: opts, out: opts.Out, log: opts.Logger, sum: &Summary{Alerts: []AlertSummary{}}, started: time.Now(), alerts: make(chan timedAlert, 64)}
 	if r.out == nil {
 		r.out = io.Discard
 	}
@@ -153,7 +160,13 @@ func (r *run) run(ctx context.Context, dir string) error {
 	if err != nil {
 		return err
 	}
-	srv, err := verifier.New(ctx, verifier.Config{DataDir: dir, Refs: verifier.NewRefHolder(refs), Logger: r.log.With("service", "vouchd"), Issuer: "vouchd-demo"})
+	token := newToken()
+	monCfg, err := monitorConfig(token)
+	if err != nil {
+		return err
+	}
+	srv, err := verifier.New(ctx, verifier.Config{DataDir: dir, Refs: verifier.NewRefHolder(refs), Logger: r.log.With("service", "vouchd"), Issuer: "vouchd-demo",
+		Monitor: monCfg, OnAlert: r.onAlert})
 	if err != nil {
 		return err
 	}
@@ -166,13 +179,16 @@ func (r *run) run(ctx context.Context, dir string) error {
 	r.sum.VerifierURL, r.sum.RefSetID = vURL, refs.ID()
 	r.say("verifier      %s  (data %s, reference set %.19s…)", vURL, dir, refs.ID())
 
-	// The relying party.
-	rpURL, stopRP, err := r.startRelyingParty(ctx, vURL)
+	// The relying party; its revocation follower and reporter stop first.
+	rpCtx, stopFeed := context.WithCancel(ctx)
+	rpURL, stopRP, err := r.startRelyingParty(rpCtx, vURL, token)
 	if err != nil {
+		stopFeed()
 		return err
 	}
 	defer stopRP()
-	r.say("relying party %s  (accepts credentials for audience %s)\n", rpURL, Audience)
+	defer stopFeed()
+	r.say("relying party %s  (accepts credentials for audience %s, follows the revocation feed, reports to the verifier)\n", rpURL, Audience)
 
 	client, err := agentside.NewClient(vURL, nil)
 	if err != nil {
@@ -189,7 +205,14 @@ func (r *run) run(ctx context.Context, dir string) error {
 		return err
 	}
 	r.sum.Credential = len(cred)
-	return r.badAgent(ctx, client, stateDir)
+	if err := r.rogueAgent(ctx, client, stateDir, rpURL); err != nil {
+		return err
+	}
+	if err := r.badAgent(ctx, client, stateDir); err != nil {
+		return err
+	}
+	r.machineQuarantined(ctx)
+	return nil
 }
 
 // goodAgent boots the simulator, measures the allowed image, enrolls the AK,
@@ -218,7 +241,7 @@ func (r *run) goodAgent(ctx context.Context, st *store.Store, client *agentside.
 	r.step("enroll", true, "", start, "AK %x… enrolled by the operator", d[:8])
 
 	start = time.Now()
-	issued, err := agent.AttestIssued(ctx, client, &attest.Request{Audience: Audience})
+	issued, err := agent.AttestIssued(ctx, client, &attest.Request{Audience: Audience, Intent: Intent})
 	if err != nil {
 		r.step("attest", false, attest.ReasonOf(err), start, "refused: %v", err)
 		return nil, fmt.Errorf("the good agent was refused: %w", err)
@@ -269,6 +292,7 @@ func (r *run) goodAgent(ctx context.Context, st *store.Store, client *agentside.
 	}
 	reason = problemReason(resp)
 	r.step("stolen", resp.StatusCode == http.StatusUnauthorized && reason == attest.ReasonPoPSignature, reason, start, "the credential replayed from another machine, proof signed with its key → %d %s", resp.StatusCode, reason)
+	r.theftAnswered(ctx, hc, rpURL, claims.Subject)
 	return issued.Credential, nil
 }
 
@@ -314,7 +338,7 @@ func bootAgent(ctx context.Context, stateDir string, img agentside.Workload) (*a
 
 // startRelyingParty serves a small document store that demands Vouch
 // credentials for Audience and proofs of possession.
-func (r *run) startRelyingParty(ctx context.Context, verifierURL string) (string, func(), error) {
+func (r *run) startRelyingParty(ctx context.Context, verifierURL, token string) (string, func(), error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", nil, err
@@ -325,11 +349,31 @@ func (r *run) startRelyingParty(ctx context.Context, verifierURL string) (string
 		ln.Close()
 		return "", nil, err
 	}
+	feed, err := attest.NewRevocationFeed(attest.RevocationFeedOptions{URL: verifierURL, Logger: r.log.With("service", "relying-party")})
+	if err != nil {
+		ln.Close()
+		return "", nil, err
+	}
+	reporter, err := attest.NewReporter(attest.ReporterOptions{URL: verifierURL, Token: token, Interval: 20 * time.Millisecond})
+	if err != nil {
+		ln.Close()
+		return "", nil, err
+	}
+	go feed.Run(ctx)
+	go reporter.Run(ctx)
+	synced, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := feed.WaitSynced(synced); err != nil {
+		ln.Close()
+		return "", nil, fmt.Errorf("relying party: revocation feed: %w", err)
+	}
 	mw, err := attest.NewMiddleware(attest.MiddlewareOptions{
 		Keys:       keys,
 		Credential: attest.CredentialOptions{Audience: []string{Audience}},
 		Origin:     origin,
 		Logger:     r.log.With("service", "relying-party"),
+		Revoked:    feed.Revoked,
+		Report:     reporter.Report,
 	})
 	if err != nil {
 		ln.Close()
@@ -339,6 +383,11 @@ func (r *run) startRelyingParty(ctx context.Context, verifierURL string) (string
 	mux.HandleFunc("GET /documents/{tenant}/{doc}", func(w http.ResponseWriter, req *http.Request) {
 		c, _ := attest.ClaimsFromContext(req.Context())
 		fmt.Fprintf(w, "document %s/%s, served to %.40s…\n", req.PathValue("tenant"), req.PathValue("doc"), c.Subject)
+	})
+	// The relying party lets agents delete documents; what each agent
+	// declared it would do is the monitor's business.
+	mux.HandleFunc("DELETE /documents/{tenant}/{doc}", func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusNoContent)
 	})
 	stop := serveListener(ctx, ln, mw(mux))
 	return origin, stop, nil

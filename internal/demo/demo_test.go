@@ -35,7 +35,9 @@ func TestRun(t *testing.T) {
 	}
 	want := map[string]attest.Reason{
 		"boot": "", "enroll": "", "attest": "", "call": "",
-		"replay": attest.ReasonPoPReplayed, "stolen": attest.ReasonPoPSignature, "bad image": attest.ReasonRefsImageDigest,
+		"replay": attest.ReasonPoPReplayed, "stolen": attest.ReasonPoPSignature, "revoked": attest.ReasonCredentialRevoked,
+		"burst": attest.ReasonCredentialRevoked, "intent": attest.ReasonCredentialRevoked, "quarantine": attest.ReasonAgentQuarantined,
+		"bad image": attest.ReasonRefsImageDigest, "machine": "",
 	}
 	for _, st := range sum.Steps {
 		r, ok := want[st.Name]
@@ -51,6 +53,10 @@ func TestRun(t *testing.T) {
 	if len(want) != 0 {
 		t.Errorf("steps missing: %v", want)
 	}
+	if !sum.Quarantined || len(sum.Alerts) < 4 || sum.RevocationToRefusal <= 0 {
+		t.Errorf("monitoring not in the summary: quarantined=%v alerts=%+v revocation→refusal=%v", sum.Quarantined, sum.Alerts, sum.RevocationToRefusal)
+	}
+	t.Logf("demo: %d alerts; burst revoked → refused at the relying party in %v", len(sum.Alerts), sum.RevocationToRefusal)
 	if _, err := os.Stat(filepath.Join(dir, "vouch.db")); err != nil {
 		t.Errorf("--data directory not kept: %v", err)
 	}

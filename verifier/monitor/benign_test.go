@@ -323,7 +323,6 @@ func BenchmarkObserve(b *testing.B) {
 	m.Sync(ctx)
 }
 
-
 func counterValue(c prometheus.Counter) float64 {
 	var m dto.Metric
 	if err := c.Write(&m); err != nil {

@@ -81,7 +81,7 @@ func round2(v float64) float64 { return float64(int64(v*100+0.5)) / 100 }
 func (m *Monitor) respond(ctx context.Context, cfg *Config, a *agentState, s *Signal, al *Alert) {
 	acts := cfg.Response[al.Severity]
 	m.metrics.alerts.WithLabelValues(string(al.Severity)).Inc()
-	reason := "monitor: " + strings.Join(al.Rules, ", ")
+	reason := string(al.Severity) + " alert: " + strings.Join(al.Rules, ", ")
 	now := m.opts.Now()
 	result := func(act Action, outcome, format string, args ...any) {
 		al.Actions = append(al.Actions, ActionResult{Action: act, Outcome: outcome, Detail: fmt.Sprintf(format, args...)})
@@ -188,7 +188,7 @@ func (m *Monitor) quarantine(ctx context.Context, a *agentState, al *Alert, tmpl
 	var qs []store.Quarantine
 	if al.Agent.ID != "" {
 		q := base
-		q.Scope, q.Subject = store.QuarantineAgent, al.Agent.ID
+		q.Scope, q.Subject, q.AKDigest = store.QuarantineAgent, al.Agent.ID, a.ak // the AK is informational here
 		qs = append(qs, q)
 	}
 	if len(a.ak) > 0 {
