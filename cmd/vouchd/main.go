@@ -61,7 +61,14 @@ environment, which wins over the file.
 With no flags, vouchd listens on 127.0.0.1:8700 over plain HTTP, stores its
 state under $XDG_STATE_HOME/vouchd and uses the built-in reference values.
 Give --tls-cert and --tls-key to serve HTTPS; do that whenever it listens
-beyond loopback.`,
+beyond loopback.
+
+vouchd also monitors what agents do (attestations, decisions, requests that
+relying parties report) and responds to anomalies on its own: it revokes
+credentials (relying parties follow GET /v1/revocations/stream), quarantines
+workloads and machines, and sends signed alerts to --webhook-url. Rules,
+thresholds and responses are in --monitor-config (reloaded on SIGHUP); see
+docs/monitoring.md.`,
 		Version:       version.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
