@@ -205,6 +205,7 @@ func watchMonitorConfig(ctx context.Context, file string, mon *monitor.Monitor, 
 			err = mon.SetConfig(cfg)
 		}
 		if err != nil {
+			mon.ConfigRejected()
 			log.Error("monitor configuration not reloaded; the previous one stays in force", "file", file, "err", err)
 			continue
 		}

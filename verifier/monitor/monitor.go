@@ -169,6 +169,10 @@ func (m *Monitor) SetConfig(c *Config) error {
 	return nil
 }
 
+// ConfigRejected counts a configuration that failed to load (the one in
+// force stays).
+func (m *Monitor) ConfigRejected() { m.metrics.reloads.WithLabelValues("error").Inc() }
+
 // Observe hands a signal to the monitor. It never blocks: when the queue is
 // full the signal is dropped and counted.
 func (m *Monitor) Observe(_ context.Context, s Signal) {
