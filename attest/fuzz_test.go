@@ -1,6 +1,7 @@
 package attest
 
 import (
+	"bytes"
 	"errors"
 	"testing"
 
@@ -185,6 +186,27 @@ func FuzzScopeEntry(f *testing.F) {
 		}
 		if !e.Resource.Covers(e.Resource) {
 			t.Fatalf("%s does not cover itself", e.Resource)
+		}
+	})
+}
+
+// FuzzReadEventStream: the server-sent events parser the revocation
+// follower reads the verifier's stream with is bounded and never panics.
+func FuzzReadEventStream(f *testing.F) {
+	f.Add([]byte("event: revocation\nid: 1\ndata: {\"id\":1}\n\nevent: heartbeat\ndata: {}\n\n"))
+	f.Add([]byte(": comment\r\ndata: a\r\ndata: b\r\n\r\n"))
+	f.Add([]byte("data"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		n := 0
+		err := ReadEventStream(bytes.NewReader(b), func(ev Event) error {
+			n++
+			if len(ev.Data) > maxSSELine {
+				t.Fatalf("event data of %d bytes passed the bound", len(ev.Data))
+			}
+			return nil
+		})
+		if err == nil {
+			t.Fatal("ReadEventStream must end with the reader's error (EOF)")
 		}
 	})
 }

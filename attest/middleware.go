@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -49,6 +50,11 @@ type MiddlewareOptions struct {
 	// not (it is logged), and the reason is ReasonScopeInsufficient.
 	// Authorize must not consume r.Body: the handler reads it next.
 	Authorize func(ctx context.Context, c *Claims, r *http.Request) error
+	// Report, if set, is called once for every request whose credential
+	// verified, accepted or refused, after the decision (e.g.
+	// [Reporter.Report], which feeds the verifier's monitor). It must not
+	// block.
+	Report func(RequestReport)
 	// Logger receives one record per refusal, with internal causes. Default:
 	// no logging.
 	Logger *slog.Logger
@@ -101,6 +107,9 @@ func NewMiddleware(opts MiddlewareOptions) (func(http.Handler) http.Handler, err
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			c, status, err := m.check(r)
+			if m.opts.Report != nil && c != nil {
+				m.report(r, c, err)
+			}
 			if err != nil {
 				m.refuse(w, r, status, err)
 				return
@@ -120,27 +129,18 @@ type middleware struct {
 var maxEncodedCredential = base64.RawURLEncoding.EncodedLen(MaxCredentialSize)
 
 // check verifies r and returns its claims, or the HTTP status and error of
-// the refusal. On success r.Body holds the whole body again.
+// the refusal, with the claims when the credential itself verified. On
+// success r.Body holds the whole body again.
 func (m *middleware) check(r *http.Request) (*Claims, int, error) {
 	ctx := r.Context()
 	raw, err := credentialFrom(r.Header)
 	if err != nil {
 		return nil, http.StatusUnauthorized, err
 	}
-	popB64 := r.Header.Values(PoPHeader)
-	if len(popB64) == 0 || popB64[0] == "" {
-		return nil, http.StatusUnauthorized, Errorf(ReasonPoPMissing, "the request has no %s header: send a fresh proof of possession with every request", PoPHeader)
-	}
-	if len(popB64) > 1 {
-		return nil, http.StatusUnauthorized, Errorf(ReasonPoPMalformed, "the request has %d %s headers; send exactly one", len(popB64), PoPHeader)
-	}
-	if len(popB64[0]) > base64.RawURLEncoding.EncodedLen(MaxPoPSize) {
-		return nil, http.StatusUnauthorized, Errorf(ReasonPoPMalformed, "the %s header is longer than a proof of possession can be", PoPHeader)
-	}
-	pop, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(popB64[0], "="))
-	if err != nil {
-		return nil, http.StatusUnauthorized, Errorf(ReasonPoPMalformed, "the %s header is not unpadded base64url", PoPHeader)
-	}
+	// A malformed or missing proof is refused, but only after the
+	// credential verified, so that the refusal can be reported against it
+	// (a valid credential without its proof is how a stolen one looks).
+	pop, popErr := popFrom(r.Header)
 
 	keys, err := m.opts.Keys.KeySet(ctx)
 	if err != nil {
@@ -157,22 +157,25 @@ func (m *middleware) check(r *http.Request) (*Claims, int, error) {
 	if err != nil {
 		return nil, statusFor(err), err
 	}
+	if popErr != nil {
+		return c, http.StatusUnauthorized, popErr
+	}
 
 	body, status, err := m.readBody(r)
 	if err != nil {
-		return nil, status, err
+		return c, status, err
 	}
 	if _, err := m.opts.PoP.Verify(pop, cnf, r.Method, m.target(r), body, raw); err != nil {
-		return nil, statusFor(err), err
+		return c, statusFor(err), err
 	}
 
 	if m.opts.Revoked != nil {
 		revoked, err := m.opts.Revoked(ctx, c)
 		if err != nil {
-			return nil, http.StatusServiceUnavailable, unavailable(err, "the relying party cannot check revocation; retry later")
+			return c, http.StatusServiceUnavailable, unavailable(err, "the relying party cannot check revocation; retry later")
 		}
 		if revoked {
-			return nil, http.StatusUnauthorized, Errorf(ReasonCredentialRevoked, "credential %x was revoked: attest again for a new one", c.ID)
+			return c, http.StatusUnauthorized, Errorf(ReasonCredentialRevoked, "credential %x was revoked: attest again for a new one", c.ID)
 		}
 	}
 	if m.opts.Authorize != nil {
@@ -180,11 +183,11 @@ func (m *middleware) check(r *http.Request) (*Claims, int, error) {
 			var e *Error
 			if errors.As(err, &e) {
 				if e.Reason == ReasonUnavailable {
-					return nil, http.StatusServiceUnavailable, err
+					return c, http.StatusServiceUnavailable, err
 				}
-				return nil, http.StatusForbidden, err
+				return c, http.StatusForbidden, err
 			}
-			return nil, http.StatusForbidden, &Error{Reason: ReasonScopeInsufficient, Detail: "the credential does not allow this request", Err: err}
+			return c, http.StatusForbidden, &Error{Reason: ReasonScopeInsufficient, Detail: "the credential does not allow this request", Err: err}
 		}
 	}
 	if c.SingleUse {
@@ -199,12 +202,55 @@ func (m *middleware) check(r *http.Request) (*Claims, int, error) {
 		ttl := c.ExpiresAt().Add(credentialSkew(&m.opts.Credential)).Sub(now)
 		switch m.singleUse.add(cti, now, ttl) {
 		case ReasonPoPReplayed:
-			return nil, http.StatusUnauthorized, Errorf(ReasonCredentialReused, "single-use credential %x was already used: attest again for a new one", c.ID)
+			return c, http.StatusUnauthorized, Errorf(ReasonCredentialReused, "single-use credential %x was already used: attest again for a new one", c.ID)
 		case ReasonPoPCacheFull:
-			return nil, http.StatusServiceUnavailable, Errorf(ReasonPoPCacheFull, "the relying party's single-use credential cache is full; retry shortly")
+			return c, http.StatusServiceUnavailable, Errorf(ReasonPoPCacheFull, "the relying party's single-use credential cache is full; retry shortly")
 		}
 	}
 	return c, 0, nil
+}
+
+// report hands the outcome of a request with a verified credential to the
+// Report hook.
+func (m *middleware) report(r *http.Request, c *Claims, err error) {
+	rep := RequestReport{
+		Time: time.Now(), CTI: c.ID, Subject: c.Subject, Method: r.Method, Path: r.URL.Path,
+		Outcome: ReportAccepted, SourceIP: remoteIP(r.RemoteAddr),
+	}
+	if m.opts.Credential.Now != nil {
+		rep.Time = m.opts.Credential.Now()
+	}
+	if err != nil {
+		rep.Outcome, rep.Reason = ReportRefused, ReasonOf(err)
+	}
+	m.opts.Report(rep)
+}
+
+// remoteIP is the host part of a RemoteAddr ("ip:port").
+func remoteIP(addr string) string {
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		return host
+	}
+	return addr
+}
+
+// popFrom extracts the proof of possession from the Vouch-PoP header.
+func popFrom(h http.Header) ([]byte, error) {
+	popB64 := h.Values(PoPHeader)
+	if len(popB64) == 0 || popB64[0] == "" {
+		return nil, Errorf(ReasonPoPMissing, "the request has no %s header: send a fresh proof of possession with every request", PoPHeader)
+	}
+	if len(popB64) > 1 {
+		return nil, Errorf(ReasonPoPMalformed, "the request has %d %s headers; send exactly one", len(popB64), PoPHeader)
+	}
+	if len(popB64[0]) > base64.RawURLEncoding.EncodedLen(MaxPoPSize) {
+		return nil, Errorf(ReasonPoPMalformed, "the %s header is longer than a proof of possession can be", PoPHeader)
+	}
+	pop, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(popB64[0], "="))
+	if err != nil {
+		return nil, Errorf(ReasonPoPMalformed, "the %s header is not unpadded base64url", PoPHeader)
+	}
+	return pop, nil
 }
 
 // credentialFrom extracts the credential from "Authorization: Vouch <b64url>".

@@ -104,6 +104,13 @@ const (
 	ReasonEKDenied Reason = "ek-denied" // the EK is on the reference set's deny list (enrollment)
 )
 
+// Continuous monitoring (issuance refused after a response).
+const (
+	ReasonAgentQuarantined Reason = "agent-quarantined" // the agent, its workload on that machine, or the machine is quarantined
+	ReasonAgentRevoked     Reason = "agent-revoked"     // this agent instance (its key) was revoked; start a fresh instance
+	ReasonReporterUnknown  Reason = "reporter-unknown"  // POST /v1/signals without a reporter token the verifier knows
+)
+
 // Credential verification (relying party).
 const (
 	ReasonCredentialMissing     Reason = "credential-missing"       // no credential was presented

@@ -36,6 +36,9 @@ func (s *Server) routes() http.Handler {
 	if s.tlog != nil {
 		mux.Handle("GET /v1/log/", http.StripPrefix("/v1/log", audit.Handler(s.cfg.DataDir, s.tlog.PublicKey())))
 	}
+	mux.Handle("GET /v1/revocations", s.instrument("revocations", s.handleRevocations))
+	mux.Handle("GET /v1/revocations/stream", s.instrument("revocations-stream", s.handleRevocationStream))
+	mux.Handle("POST /v1/signals", s.instrument("signals", s.handleSignals))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok\n")
@@ -92,15 +95,26 @@ func (s *Server) handleAttest(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	out, err := s.pipeline.Run(r.Context(), raw)
+	if err == nil {
+		if herr := s.held(r.Context(), out); herr != nil {
+			err = &appraisal.StepError{Step: appraisal.StepHeld, Err: herr}
+		}
+	}
 	if err != nil {
 		s.refused(r.Context(), out, err)
 		s.auditRefusal(r.Context(), raw, out, err)
+		s.observeAttestation(r.Context(), out, err)
 		return &appraisalError{err: err, out: out}
 	}
 	cred, claims, err := s.issue(r.Context(), raw, out, r.RemoteAddr)
 	if err != nil {
+		if rs := attest.ReasonOf(err); rs != attest.ReasonUnavailable && rs != attest.ReasonInternal {
+			s.refused(r.Context(), out, err)
+			s.observeAttestation(r.Context(), out, err)
+		}
 		return err
 	}
+	s.observeAttestation(r.Context(), out, nil)
 	s.metrics.attestations.WithLabelValues("issued", "").Inc()
 	s.log.InfoContext(r.Context(), "credential issued",
 		"sub", claims.Subject, "aud", claims.Audience, "cti", fmt.Sprintf("%x", claims.ID),
@@ -143,7 +157,10 @@ func (s *Server) issue(ctx context.Context, raw []byte, out *appraisal.Outcome, 
 		AKDigest: out.AK.Digest, SourceIP: src.Addr().Unmap(),
 	})
 	if err != nil {
-		s.refused(ctx, out, err)
+		// handleAttest logs, counts and reports it to the monitor.
+		if attest.ReasonOf(err) != attest.ReasonUnavailable {
+			err = &appraisal.StepError{Step: appraisal.StepScope, Err: err}
+		}
 		s.auditRefusal(ctx, raw, out, err)
 		return nil, nil, err
 	}
@@ -194,10 +211,22 @@ func (s *Server) issue(ctx context.Context, raw []byte, out *appraisal.Outcome, 
 	stored := store.Credential{
 		ID: id, Subject: c.Subject, Audience: c.Audience, AKDigest: out.AK.Digest,
 		ImageDigest: out.Workload.ImageDigest, Scope: c.Scope,
-		IssuedAt: now, ExpiresAt: c.ExpiresAt(), LogIndex: c.LogIndex, Delegation: c.Delegation,
+		IssuedAt: now, ExpiresAt: c.ExpiresAt(), LogIndex: c.LogIndex, Delegation: c.Delegation, Intent: c.Intent,
 	}
 	if err := s.store.RecordCredential(ctx, stored); err != nil {
 		return nil, nil, unavailable(err)
+	}
+	// A quarantine committed while this credential was being issued missed
+	// it when it revoked the agent's credentials: check again, now that the
+	// credential is on record, and revoke it ourselves.
+	if err := s.held(ctx, out); err != nil {
+		if attest.ReasonOf(err) != attest.ReasonUnavailable {
+			if _, rerr := s.store.RevokeCredentialID(ctx, id, store.Revocation{Reason: "issued during a quarantine", RevokedBy: "verifier", RevokedAt: now}); rerr != nil {
+				return nil, nil, unavailable(rerr)
+			}
+			s.feed.notify()
+		}
+		return nil, nil, err
 	}
 	return cred, c, nil
 }
@@ -314,6 +343,10 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	return w.ResponseWriter.Write(b)
 }
 
+// Unwrap lets http.ResponseController reach the connection (flushing the
+// revocation stream).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
 func (w *statusWriter) code() int {
 	if w.status == 0 {
 		return http.StatusOK
@@ -341,7 +374,8 @@ func StatusFor(r attest.Reason) int {
 		attest.ReasonRefsSecureBoot, attest.ReasonRefsPCR, attest.ReasonRefsDenied, attest.ReasonRefsNoProfile,
 		attest.ReasonAppraisalWarn, attest.ReasonAKDenied, attest.ReasonRefsFirmware, attest.ReasonRefsOptionROM,
 		attest.ReasonRefsEFIApp, attest.ReasonRefsKernel, attest.ReasonRefsLoader, attest.ReasonRefsKernelCmdline,
-		attest.ReasonRefsSBAuthority, attest.ReasonRefsDBX, attest.ReasonRefsWorkloadConfig:
+		attest.ReasonRefsSBAuthority, attest.ReasonRefsDBX, attest.ReasonRefsWorkloadConfig,
+		attest.ReasonAgentQuarantined, attest.ReasonAgentRevoked:
 		return http.StatusForbidden
 	case attest.ReasonDelegationMissing, attest.ReasonDelegationUnknown, attest.ReasonDelegationExpired,
 		attest.ReasonDelegationSuspended, attest.ReasonDelegationRevoked, attest.ReasonDelegationAgent,

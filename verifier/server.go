@@ -17,6 +17,10 @@
 //	GET  /v1/log/...     → the audit log (C2SP tlog-tiles: checkpoint, tile/...,
 //	                       tile/entries/...), its key and archives; see package
 //	                       verifier/audit
+//	GET  /v1/revocations?since=N        → 200 attest.RevocationPage (JSON)
+//	GET  /v1/revocations/stream?since=N → text/event-stream of revocations
+//	POST /v1/signals     ← attest.ReportBatch from a relying party (bearer token)
+//	                     → 202 {"accepted": n, "ignored": m}
 //	GET  /healthz        → 200 while the process serves
 //	GET  /readyz         → 200 when the database answers and keys are loaded
 //	GET  /metrics        → Prometheus text format
@@ -34,6 +38,7 @@ import (
 	"sync"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vouch-dev/vouch/policy/authz"
@@ -42,6 +47,7 @@ import (
 	"github.com/vouch-dev/vouch/verifier/audit"
 	"github.com/vouch-dev/vouch/verifier/enroll"
 	"github.com/vouch-dev/vouch/verifier/issuer"
+	"github.com/vouch-dev/vouch/verifier/monitor"
 	"github.com/vouch-dev/vouch/verifier/store"
 )
 
@@ -113,6 +119,20 @@ type Config struct {
 	// ElevationTTL is the lifetime of single-use elevation credentials
 	// (default and maximum 10 s).
 	ElevationTTL time.Duration
+	// Monitor is the detection and response configuration; the built-in
+	// defaults when nil. Reload with Server.Monitor().SetConfig.
+	Monitor *monitor.Config
+	// Webhook, if set, receives every alert whose severity calls for it.
+	Webhook *monitor.WebhookOptions
+	// MonitorQueue bounds the signals waiting for the monitor (default
+	// monitor.DefaultQueueSize).
+	MonitorQueue int
+	// OnAlert, if set, is called after each alert's response (the demo).
+	OnAlert func(monitor.Alert)
+	// FeedHeartbeat is the revocation stream's heartbeat interval (default
+	// DefaultFeedHeartbeat); relying parties fail closed after missing a
+	// few.
+	FeedHeartbeat time.Duration
 }
 
 // Server is a running verifier.
@@ -132,6 +152,15 @@ type Server struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	monitor   *monitor.Monitor
+	feed      *feedBroker
+	credCache *lru.Cache[string, reportedCredential]
+	stopBg    context.CancelFunc
+	bg        sync.WaitGroup
+	// streams ends the revocation streams on shutdown (they never end on
+	// their own).
+	streams context.Context
 }
 
 // New opens the data directory (creating it 0700), the database and the keys.
@@ -229,11 +258,16 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	s.access, err = access.New(access.Options{
 		Store: st, Keys: keys, Policy: cfg.Policy, Issuer: cfg.Issuer, Build: cfg.Build,
 		ElevationTTL: cfg.ElevationTTL, ExternalURL: cfg.ExternalURL, Audit: serverLog{s},
+		OnDecision: s.observeDecision, OnRevoked: func() { s.feed.notify() }, Held: s.heldIdentity,
 		Logger: cfg.Logger.With("component", "access"), Now: cfg.Now,
 	})
 	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("verifier: %w", err)
+	}
+	if err := s.startMonitoring(); err != nil {
+		s.Close()
+		return nil, err
 	}
 	s.handler = s.routes()
 	return s, nil
@@ -246,6 +280,29 @@ func (s *Server) Access() *access.Service { return s.access }
 // Policy returns the holder of the authorization policy in force; reload
 // through it.
 func (s *Server) Policy() *authz.Holder { return s.cfg.Policy }
+
+// startMonitoring starts the behaviour monitor and the revocation feed.
+func (s *Server) startMonitoring() error {
+	if s.cfg.FeedHeartbeat <= 0 {
+		s.cfg.FeedHeartbeat = DefaultFeedHeartbeat
+	}
+	s.feed = newFeedBroker(s.store)
+	s.credCache = newCredentialCache()
+	mon, err := monitor.New(monitor.Options{
+		Store: s.store, Config: s.cfg.Monitor, Audit: serverLog{s}, Build: s.cfg.Build, Webhook: s.cfg.Webhook,
+		OnRevocation: s.feed.notify, OnAlert: s.cfg.OnAlert, QueueSize: s.cfg.MonitorQueue, Delegations: s.access,
+		Logger: s.log, Registry: s.cfg.Registry, Now: s.cfg.Now,
+	})
+	if err != nil {
+		return fmt.Errorf("verifier: %w", err)
+	}
+	s.monitor = mon
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopBg, s.streams = cancel, ctx
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.feed.run(ctx, s.cfg.FeedHeartbeat, s) }()
+	return nil
+}
 
 // Handler returns the HTTP handler of the API.
 func (s *Server) Handler() http.Handler { return s.handler }
@@ -270,6 +327,14 @@ func (s *Server) Close() error {
 
 func (s *Server) close() error {
 	var errs []error
+	// Monitor and revocation feed first: they record to the audit log.
+	if s.stopBg != nil {
+		s.stopBg()
+		s.bg.Wait()
+	}
+	if s.monitor != nil {
+		s.monitor.Close()
+	}
 	if s.tlog != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -295,6 +360,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		MaxHeaderBytes:    32 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	srv.RegisterOnShutdown(s.stopBg) // end the revocation streams, or Shutdown waits for them
 	go s.pruneLoop(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -331,6 +397,10 @@ func (s *Server) pruneLoop(ctx context.Context) {
 			}
 			if _, err := s.store.PruneEnrollChallenges(ctx, s.cfg.Now().Add(-time.Hour)); err != nil {
 				s.log.Warn("pruning enrollment challenges", "err", err)
+			}
+			// Credential revocations matter until the credential expires.
+			if _, err := s.store.PruneRevocations(ctx, s.cfg.Now().Add(-time.Hour)); err != nil {
+				s.log.Warn("pruning revocations", "err", err)
 			}
 		}
 	}

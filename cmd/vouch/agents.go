@@ -4,14 +4,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
 	"os/user"
 	"path/filepath"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -23,17 +21,19 @@ import (
 func newAgentsCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "agents",
-		Short: "Manage the TPMs (attestation keys) the verifier trusts",
+		Short: "Manage the machines (attestation keys) and agents the verifier trusts",
 		Long: `agents manages the verifier's enrollment registry: the attestation keys (AKs)
 whose quotes it accepts. An AK that is not enrolled, or whose enrollment was
-revoked, is refused (reasons ak-unknown, ak-revoked).
+revoked, is refused (reasons ak-unknown, ak-revoked). It also shows what the
+verifier's monitor saw of each machine and agent (trust, last attestation,
+alerts, quarantines) and releases quarantines (see docs/monitoring.md).
 
 These commands open the verifier's database directly (--data, the same
 directory vouchd uses); run them on the verifier host. SQLite allows them to
 run while vouchd does.`,
 	}
 	cmd.PersistentFlags().String("data", verifier.DefaultDataDir(), "the verifier's data directory")
-	cmd.AddCommand(newEnrollCmd(), newAgentsListCmd(), newAgentsRevokeCmd())
+	cmd.AddCommand(newEnrollCmd(), newAgentsListCmd(), newAgentsShowCmd(), newAgentsRevokeCmd(), newAgentsReleaseCmd())
 	return cmd
 }
 
@@ -119,7 +119,7 @@ func newAgentsListCmd() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "list",
-		Short: "List enrolled attestation keys",
+		Short: "List enrolled machines (AKs) with trust, last attestation, alerts and quarantines",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			st, err := openStore(cmd)
@@ -127,39 +127,14 @@ func newAgentsListCmd() *cobra.Command {
 				return err
 			}
 			defer st.Close()
-			list, err := st.Enrollments(cmd.Context())
+			ms, err := machineStatuses(cmd.Context(), st)
 			if err != nil {
 				return err
 			}
 			if asJSON {
-				type row struct {
-					AK         string     `json:"ak_digest"`
-					Method     string     `json:"method"`
-					Name       string     `json:"name,omitempty"`
-					By         string     `json:"enrolled_by"`
-					At         time.Time  `json:"enrolled_at"`
-					RevokedAt  *time.Time `json:"revoked_at,omitempty"`
-					RevokedBy  string     `json:"revoked_by,omitempty"`
-					RevokeNote string     `json:"revoke_reason,omitempty"`
-					EK         string     `json:"ek_digest,omitempty"`
-					Detail     string     `json:"detail,omitempty"`
-				}
-				rows := []row{}
-				for _, e := range list {
-					rows = append(rows, row{hex.EncodeToString(e.AKDigest), e.Method, e.Name, e.EnrolledBy, e.EnrolledAt, e.RevokedAt, e.RevokedBy, e.RevokeReason, hex.EncodeToString(e.EKDigest), e.Detail})
-				}
-				return printJSON(cmd.OutOrStdout(), rows)
+				return printJSON(cmd.OutOrStdout(), ms)
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "AK\tSTATUS\tMETHOD\tNAME\tENROLLED\tBY")
-			for _, e := range list {
-				status := "active"
-				if !e.Active() {
-					status = "revoked " + e.RevokedAt.Format(time.RFC3339)
-				}
-				fmt.Fprintf(tw, "%x\t%s\t%s\t%s\t%s\t%s\n", e.AKDigest[:8], status, e.Method, e.Name, e.EnrolledAt.Format(time.RFC3339), e.EnrolledBy)
-			}
-			return tw.Flush()
+			return printMachines(cmd.OutOrStdout(), ms)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -196,7 +171,15 @@ func newAgentsRevokeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "revoked AK %x\n", found[0].AKDigest)
+			// Credentials already issued through this AK stop working too:
+			// vouchd's revocation feed picks these entries up within a
+			// heartbeat.
+			rs, err := st.RevokeCredentialsOfAK(cmd.Context(), found[0].AKDigest, store.Revocation{
+				Reason: "AK revoked: " + reason, RevokedBy: operator(), RevokedAt: time.Now()})
+			if err != nil {
+				return fmt.Errorf("AK revoked, but revoking its live credentials failed: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "revoked AK %x and %d live credentials issued through it\n", found[0].AKDigest, len(rs))
 			return nil
 		},
 	}

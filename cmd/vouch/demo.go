@@ -26,12 +26,15 @@ the agent's image through the signed admin API; the credential's scope is
 what that delegation, the intent catalogue and the Cedar policy allow, and
 the relying party asks the verifier to decide every request. It then shows
 what an attacker meets: a replayed proof, a stolen credential used with
-another key, a delete outside the intent, a just-in-time write elevation
-used twice, a revoked delegation, and an agent running an image no
-reference value allows. Last, it verifies the verifier's audit log as an
-outside auditor would (signed checkpoint, Merkle tree, every record, every
-attestation re-appraised from its archived evidence). It prints a short
-summary and exits 0 when every step went as expected.
+another key (which the monitor then revokes), a delete outside the intent,
+a just-in-time write elevation used twice, a revoked delegation, a second
+agent that misbehaves (a burst of requests, then actions outside its
+declared intent) and is detected, revoked at the relying party and
+quarantined, and an agent running an image no reference value allows (after
+which the machine is quarantined). Last, it verifies the verifier's audit
+log as an outside auditor would (signed checkpoint, Merkle tree, every
+record, every attestation re-appraised from its archived evidence). It
+prints a short summary and exits 0 when every step went as expected.
 
 With --data DIR the verifier's data directory (database, signing keys) is
 kept in DIR for inspection instead of a temporary directory; verify its audit
@@ -84,8 +87,13 @@ func printSummary(cmd *cobra.Command, s *demo.Summary) {
 	fmt.Fprintf(w, "a stolen credential and an unapproved image were refused. Least privilege: the credential carried only\n")
 	fmt.Fprintf(w, "what alice delegated; a delete was refused, one write was elevated just in time and its reuse refused,\n")
 	fmt.Fprintf(w, "and the revoked delegation was refused on the very next request.\n")
+	if s.Quarantined {
+		fmt.Fprintf(w, "The monitor raised %d alerts: it revoked the stolen credential, caught the misbehaving agent (burst, then\n", len(s.Alerts))
+		fmt.Fprintf(w, "actions outside its intent), revoked it — refused at the relying party %v after the revocation — and\n", s.RevocationToRefusal.Round(time.Millisecond))
+		fmt.Fprintf(w, "quarantined its workload, then its whole machine when it came back with a changed image.\n")
+	}
 	if s.Kept {
-		fmt.Fprintf(w, "The verifier's data is in %s (inspect it with `vouch agents list --data %s`;\n", s.DataDir, s.DataDir)
-		fmt.Fprintf(w, "audit it with `vouch audit verify --log %s`).\n", s.DataDir)
+		fmt.Fprintf(w, "The verifier's data is in %s (inspect it with `vouch agents list --data %s`,\n", s.DataDir, s.DataDir)
+		fmt.Fprintf(w, "`vouch agents show <AK prefix> --data %s`; audit it with `vouch audit verify --log %s`).\n", s.DataDir, s.DataDir)
 	}
 }

@@ -7,6 +7,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -28,6 +29,7 @@ import (
 	"github.com/vouch-dev/vouch/policy/authz"
 	"github.com/vouch-dev/vouch/verifier"
 	"github.com/vouch-dev/vouch/verifier/enroll"
+	"github.com/vouch-dev/vouch/verifier/monitor"
 )
 
 func main() {
@@ -47,6 +49,8 @@ type options struct {
 	elevationTTL                time.Duration
 	ekRoots, akRoots, ekAllow   string
 	ekFetchIssuers              bool
+	monitorConfig               string
+	webhookURL, webhookSecret   string
 }
 
 func newRoot() *cobra.Command {
@@ -70,7 +74,14 @@ vouch_refs_reloads_total{result="failed"}. Replace files by renaming them in.
 With no flags, vouchd listens on 127.0.0.1:8700 over plain HTTP, stores its
 state under $XDG_STATE_HOME/vouchd and uses the built-in reference values.
 Give --tls-cert and --tls-key to serve HTTPS; do that whenever it listens
-beyond loopback.`,
+beyond loopback.
+
+vouchd also monitors what agents do (attestations, decisions, requests that
+relying parties report) and responds to anomalies on its own: it revokes
+credentials (relying parties follow GET /v1/revocations/stream), quarantines
+workloads and machines, and sends signed alerts to --webhook-url. Rules,
+thresholds and responses are in --monitor-config (reloaded on SIGHUP); see
+docs/monitoring.md.`,
 		Version:       version.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -107,6 +118,9 @@ beyond loopback.`,
 	f.StringVar(&o.ekAllow, "ek-allowlist", "", "file of EK public key digests (hex SHA-256 of the SubjectPublicKeyInfo, one per line, # comments) of TPMs without EK certificates that may enroll")
 	f.StringVar(&o.akRoots, "ak-roots", "", "directory of cloud providers' AK CA certificates; AKs with certificates chaining to them enroll without activation (vTPMs)")
 	f.BoolVar(&o.ekFetchIssuers, "ek-fetch-issuers", false, "fetch a missing EK certificate issuer from its AIA URL (the verifier then makes outbound HTTP requests to URLs found in TPM certificates)")
+	f.StringVar(&o.monitorConfig, "monitor-config", "", "YAML file of monitoring rules, thresholds and responses over the built-in defaults (reloaded on SIGHUP and when it changes; see docs/monitoring.md)")
+	f.StringVar(&o.webhookURL, "webhook-url", "", "URL that receives alerts as signed JSON POSTs (https unless loopback)")
+	f.StringVar(&o.webhookSecret, "webhook-secret-file", "", "file holding the webhook's HMAC-SHA256 key (at least 16 bytes; required with --webhook-url)")
 	return cmd
 }
 
@@ -141,6 +155,20 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	policyHolder := authz.NewHolder(eng)
 	go reloadOnHUP(ctx, log, policyHolder, loadPolicy)
+	var monCfg *monitor.Config
+	if o.monitorConfig != "" {
+		if monCfg, err = monitor.LoadConfig(o.monitorConfig); err != nil {
+			return err
+		}
+	}
+	var webhook *monitor.WebhookOptions
+	if o.webhookURL != "" {
+		secret, err := os.ReadFile(o.webhookSecret)
+		if err != nil {
+			return fmt.Errorf("--webhook-secret-file: %w", err)
+		}
+		webhook = &monitor.WebhookOptions{URL: o.webhookURL, Secret: bytes.TrimSpace(secret)}
+	}
 	srv, err := verifier.New(ctx, verifier.Config{
 		Enrollment:    eo,
 		Policy:        policyHolder,
@@ -154,6 +182,8 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		NonceTTL:      o.nonceTTL,
 		AllowWarning:  o.allowWarning,
 		Logger:        log,
+		Monitor:       monCfg,
+		Webhook:       webhook,
 	})
 	if err != nil {
 		return err
@@ -198,6 +228,9 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		}
 		go srv.WatchRefs(ctx, verifier.WatchOptions{Dir: o.refs, Interval: interval, Trigger: hup})
 	}
+	if o.monitorConfig != "" {
+		go watchMonitorConfig(ctx, o.monitorConfig, srv.Monitor(), log)
+	}
 	log.Info("vouchd listening", "url", scheme+"://"+ln.Addr().String(), "data", o.data,
 		"refs", refs.ID(), "profiles", len(refs.Profiles), "images", len(refs.Images), "version", version.String(),
 		"authz_policy", eng.ID(), "policies", len(eng.PolicyIDs()))
@@ -236,6 +269,47 @@ func enrollOptions(o options, log *slog.Logger) (enroll.Options, error) {
 		log.Warn("no --ek-roots, --ek-allowlist or --ak-roots: AKs can only be enrolled by an operator (vouch agents enroll)")
 	}
 	return eo, nil
+}
+
+// watchMonitorConfig reloads the monitor configuration on SIGHUP and when
+// the file's modification time or size changes (checked every 2 s). A file
+// that does not load keeps the configuration in force.
+func watchMonitorConfig(ctx context.Context, file string, mon *monitor.Monitor, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	stamp := func() string {
+		fi, err := os.Stat(file)
+		if err != nil {
+			return ""
+		}
+		return fmt.Sprint(fi.ModTime().UnixNano(), fi.Size())
+	}
+	last := stamp()
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		case <-t.C:
+			if s := stamp(); s == last {
+				continue
+			}
+		}
+		last = stamp()
+		cfg, err := monitor.LoadConfig(file)
+		if err == nil {
+			err = mon.SetConfig(cfg)
+		}
+		if err != nil {
+			mon.ConfigRejected()
+			log.Error("monitor configuration not reloaded; the previous one stays in force", "file", file, "err", err)
+			continue
+		}
+		log.Info("monitor configuration reloaded", "file", file)
+	}
 }
 
 func isLoopback(host string) bool {

@@ -124,7 +124,12 @@ func (r *run) authzSteps(ctx context.Context, client *agentside.Client, cred []b
 	if err != nil {
 		return err
 	}
-	r.step("revoked", code == http.StatusForbidden && reason == attest.ReasonDelegationRevoked, reason, start, "alice revokes %s; the next GET with the still-unexpired credential → %d %s", dlgID, code, reason)
+	// Two paths refuse it, whichever is first: the revocation feed (the
+	// delegation's live credentials were revoked with it) and the
+	// verifier's own decision.
+	ok := (code == http.StatusUnauthorized && reason == attest.ReasonCredentialRevoked) ||
+		(code == http.StatusForbidden && reason == attest.ReasonDelegationRevoked)
+	r.step("revoked", ok, reason, start, "alice revokes %s; the next GET with the still-unexpired credential → %d %s", dlgID, code, reason)
 	return nil
 }
 

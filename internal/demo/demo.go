@@ -93,6 +93,12 @@ type Summary struct {
 	AuditRecords uint64        `json:"audit_records"`
 	Steps        []Step        `json:"steps"`
 	Elapsed      time.Duration `json:"elapsed_ns"`
+	// Alerts the monitor raised, RevocationToRefusal the time from the
+	// burst alert (credential revoked) to the relying party refusing it,
+	// and Quarantined whether the misbehaving agent was quarantined.
+	Alerts              []AlertSummary `json:"alerts"`
+	RevocationToRefusal time.Duration  `json:"revocation_to_refusal_ns"`
+	Quarantined         bool           `json:"quarantined"`
 }
 
 // OK reports whether every step had the expected outcome.
@@ -111,6 +117,7 @@ type run struct {
 	log     *slog.Logger
 	sum     *Summary
 	started time.Time
+	alerts  chan timedAlert
 }
 
 func (r *run) say(format string, args ...any) { fmt.Fprintf(r.out, format+"\n", args...) }
@@ -128,7 +135,7 @@ func (r *run) step(name string, ok bool, reason attest.Reason, start time.Time, 
 // Run runs the demo. It returns an error only when the demo could not run;
 // a step with an unexpected outcome is reported in the summary.
 func Run(ctx context.Context, opts Options) (*Summary, error) {
-	r := &run{opts: opts, out: opts.Out, log: opts.Logger, sum: &Summary{}, started: time.Now()}
+	r := &run{opts: opts, out: opts.Out, log: opts.Logger, sum: &Summary{Alerts: []AlertSummary{}}, started: time.Now(), alerts: make(chan timedAlert, 64)}
 	if r.out == nil {
 		r.out = io.Discard
 	}
@@ -161,7 +168,13 @@ func (r *run) run(ctx context.Context, dir string) error {
 	if err != nil {
 		return err
 	}
-	srv, err := verifier.New(ctx, verifier.Config{DataDir: dir, Refs: verifier.NewRefHolder(refs), Logger: r.log.With("service", "vouchd"), Issuer: "vouchd-demo"})
+	token := newToken()
+	monCfg, err := monitorConfig(token)
+	if err != nil {
+		return err
+	}
+	srv, err := verifier.New(ctx, verifier.Config{DataDir: dir, Refs: verifier.NewRefHolder(refs), Logger: r.log.With("service", "vouchd"), Issuer: "vouchd-demo",
+		Monitor: monCfg, OnAlert: r.onAlert})
 	if err != nil {
 		return err
 	}
@@ -179,13 +192,16 @@ func (r *run) run(ctx context.Context, dir string) error {
 	}
 	r.sum.Delegation = dlgID
 
-	// The relying party.
-	rpURL, stopRP, err := r.startRelyingParty(ctx, vURL)
+	// The relying party; its revocation follower and reporter stop first.
+	rpCtx, stopFeed := context.WithCancel(ctx)
+	rpURL, stopRP, err := r.startRelyingParty(rpCtx, vURL, token)
 	if err != nil {
+		stopFeed()
 		return err
 	}
 	defer stopRP()
-	r.say("relying party %s  (accepts credentials for audience %s; asks the verifier to decide every request)\n", rpURL, Audience)
+	defer stopFeed()
+	r.say("relying party %s  (audience %s: asks the verifier to decide every request, follows the revocation feed,\n              reports refusals to the verifier's monitor)\n", rpURL, Audience)
 
 	client, err := agentside.NewClient(vURL, nil)
 	if err != nil {
@@ -202,9 +218,18 @@ func (r *run) run(ctx context.Context, dir string) error {
 		return err
 	}
 	r.sum.Credential = len(cred)
+	rogueDlg, err := r.delegateRogue(ctx, alice)
+	if err != nil {
+		return err
+	}
+	if err := r.rogueAgent(ctx, client, stateDir, rpURL, rogueDlg); err != nil {
+		return err
+	}
 	if err := r.badAgent(ctx, client, stateDir); err != nil {
 		return err
 	}
+	r.machineQuarantined(ctx)
+	stopFeed()
 	stopV()
 	if err := srv.Close(); err != nil {
 		return err
@@ -320,7 +345,19 @@ func (r *run) goodAgent(ctx context.Context, srv *verifier.Server, client *agent
 	}
 	reason = problemReason(resp)
 	r.step("stolen", resp.StatusCode == http.StatusUnauthorized && reason == attest.ReasonPoPSignature, reason, start, "the credential replayed from another machine, proof signed with its key → %d %s", resp.StatusCode, reason)
-	return issued.Credential, r.authzSteps(ctx, client, issued.Credential, agent, rpURL, alice, dlgID)
+	r.theftAnswered(ctx, hc, rpURL, claims.Subject)
+	// The monitor revoked that credential; the agent restarts with a fresh
+	// key and attests again before the authorization steps.
+	fresh, err := agentside.NewAgent(tpm)
+	if err != nil {
+		return nil, err
+	}
+	defer fresh.Close()
+	again, err := fresh.AttestIssued(ctx, client, &attest.Request{Audience: Audience, Intent: Intent, Resources: Delegated, Delegation: dlgID})
+	if err != nil {
+		return nil, fmt.Errorf("the good agent was refused after restarting: %w", err)
+	}
+	return again.Credential, r.authzSteps(ctx, client, again.Credential, fresh, rpURL, alice, dlgID)
 }
 
 // badAgent reboots the simulator and measures an image no reference allows.
@@ -365,7 +402,7 @@ func bootAgent(ctx context.Context, stateDir string, img agentside.Workload) (*a
 
 // startRelyingParty serves a small document store that demands Vouch
 // credentials for Audience and proofs of possession.
-func (r *run) startRelyingParty(ctx context.Context, verifierURL string) (string, func(), error) {
+func (r *run) startRelyingParty(ctx context.Context, verifierURL, token string) (string, func(), error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", nil, err
@@ -383,12 +420,38 @@ func (r *run) startRelyingParty(ctx context.Context, verifierURL string) (string
 		ln.Close()
 		return "", nil, err
 	}
+	feed, err := attest.NewRevocationFeed(attest.RevocationFeedOptions{URL: verifierURL, Logger: r.log.With("service", "relying-party")})
+	if err != nil {
+		ln.Close()
+		return "", nil, err
+	}
+	reporter, err := attest.NewReporter(attest.ReporterOptions{URL: verifierURL, Token: token, Interval: 20 * time.Millisecond})
+	if err != nil {
+		ln.Close()
+		return "", nil, err
+	}
+	go feed.Run(ctx)
+	go reporter.Run(ctx)
+	synced, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := feed.WaitSynced(synced); err != nil {
+		ln.Close()
+		return "", nil, fmt.Errorf("relying party: revocation feed: %w", err)
+	}
 	mw, err := attest.NewMiddleware(attest.MiddlewareOptions{
 		Keys:       keys,
 		Credential: attest.CredentialOptions{Audience: []string{Audience}},
 		Origin:     origin,
 		Authorize:  decide,
 		Logger:     r.log.With("service", "relying-party"),
+		Revoked:    feed.Revoked,
+		// The verifier sees every request this relying party accepts as an
+		// authorization decision; reporting them too would count them twice.
+		Report: func(rep attest.RequestReport) {
+			if rep.Outcome == attest.ReportRefused {
+				reporter.Report(rep)
+			}
+		},
 	})
 	if err != nil {
 		ln.Close()

@@ -304,8 +304,18 @@ func (s *Service) handleDelegationStatus(w http.ResponseWriter, r *http.Request,
 	// Decisions in this process see the change at once; other replicas
 	// within DelegationCacheTTL.
 	s.grants.forget(d.ID)
+	detail := map[string]string{"reason": q.Reason, "seq": fmt.Sprint(ev.Seq)}
+	if to == store.DelegationSuspended || to == store.DelegationRevoked {
+		// Relying parties that check credentials offline learn it from the
+		// revocation feed: every live credential of the delegation goes in.
+		n, err := s.revokeDelegated(r.Context(), d.ID, to, u.ID, now)
+		if err != nil {
+			return err
+		}
+		detail["credentials_revoked"] = fmt.Sprint(n)
+	}
 	if err := s.record(r.Context(), &audit.Record{Kind: audit.KindRevocation, Outcome: ev.Event, User: u.ID, Delegation: d.ID,
-		Detail: map[string]string{"reason": q.Reason, "seq": fmt.Sprint(ev.Seq)}}); err != nil {
+		Detail: detail}); err != nil {
 		return err
 	}
 	s.log.InfoContext(r.Context(), "delegation "+ev.Event, "id", d.ID, "by", u.ID, "reason", q.Reason, "seq", ev.Seq)

@@ -90,6 +90,7 @@ func (s *Service) Authorize(ctx context.Context, q *attest.AuthorizeRequest) (*a
 	if err := s.record(ctx, rec); err != nil {
 		return nil, err
 	}
+	s.decided(ctx, v, q.Action, q.Resource, deny, q.Context.SourceIP, false)
 	return d, nil
 }
 
@@ -103,6 +104,9 @@ func (s *Service) decide(ctx context.Context, eng *authz.Engine, q *attest.Autho
 		return v, nil, err
 	}
 	c := v.claims
+	if err := s.checkRevoked(ctx, c); err != nil {
+		return v, nil, err
+	}
 	if c.Delegation == "" {
 		return v, nil, attest.Errorf(attest.ReasonDelegationMissing, "the credential was issued under no delegation, so it grants nothing: attest with a delegation id, intent and resources")
 	}

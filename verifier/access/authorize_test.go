@@ -144,7 +144,7 @@ func TestDelegationStatusMidSession(t *testing.T) {
 		t.Fatalf("resuming a revoked delegation: %v", err)
 	}
 	// The revocation stream has the three events, in order.
-	evs, err := f.srv.Store().RevocationsSince(ctx, 0, 10)
+	evs, err := f.srv.Store().DelegationEventsSince(ctx, 0, 10)
 	if err != nil || len(evs) != 3 || evs[0].Event != "suspended" || evs[1].Event != "resumed" || evs[2].Event != "revoked" || evs[2].Target != dlg.ID {
 		t.Fatalf("revocation events %+v %v", evs, err)
 	}

@@ -75,7 +75,7 @@ func (s *Service) handleElevate(w http.ResponseWriter, r *http.Request) error {
 }
 
 // elevate decides and, if permitted, issues the single-use credential.
-func (s *Service) elevate(ctx context.Context, v *verified, action string, res attest.Resource, src netip.Addr) ([]byte, *attest.Claims, error) {
+func (s *Service) elevate(ctx context.Context, v *verified, action string, res attest.Resource, src netip.Addr) (_ []byte, _ *attest.Claims, err error) {
 	eng := s.opts.Policy.Engine()
 	c := v.claims
 	rec := &audit.Record{
@@ -83,6 +83,11 @@ func (s *Service) elevate(ctx context.Context, v *verified, action string, res a
 		Agent: &audit.Agent{ID: c.Subject, ImageDigest: v.agent.ImageDigest}, Detail: map[string]string{"elevation": "true"},
 	}
 	claims, policies, err := s.elevation(ctx, eng, v, action, res, src, rec)
+	srcIP := ""
+	if src.IsValid() {
+		srcIP = src.String()
+	}
+	defer func() { s.decided(ctx, v, action, res.String(), err, srcIP, true) }()
 	if len(policies) > 0 {
 		rec.Detail["policies"] = strings.Join(policies, " ")
 	}
@@ -121,6 +126,19 @@ func (s *Service) elevation(ctx context.Context, eng *authz.Engine, v *verified,
 	}
 	if c.Delegation == "" {
 		return nil, nil, attest.Errorf(attest.ReasonDelegationMissing, "the credential was issued under no delegation; there is nothing to elevate within")
+	}
+	if err := s.checkRevoked(ctx, c); err != nil {
+		return nil, nil, err
+	}
+	if s.opts.Held != nil {
+		// The machine is the AK the credential's platform appraisal names.
+		var ak []byte
+		if tpm, ok := c.Submods[attest.SubmodTPM]; ok && tpm.Claims != nil && tpm.Claims.AKDigest != nil {
+			ak = tpm.Claims.AKDigest.Value
+		}
+		if err := s.opts.Held(ctx, c.Subject, ak, v.agent.ImageDigest); err != nil {
+			return nil, nil, err
+		}
 	}
 	g, _, err := s.grant(ctx, c.Delegation, true)
 	if err != nil {

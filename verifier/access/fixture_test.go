@@ -25,6 +25,7 @@ import (
 	"github.com/vouch-dev/vouch/verifier/access"
 	"github.com/vouch-dev/vouch/verifier/audit"
 	"github.com/vouch-dev/vouch/verifier/issuer"
+	"github.com/vouch-dev/vouch/verifier/monitor"
 	"github.com/vouch-dev/vouch/verifier/store"
 )
 
@@ -65,13 +66,24 @@ func (l *auditLog) Append(_ context.Context, r *audit.Record) (uint64, error) {
 	return uint64(len(l.recs) - 1), nil
 }
 
+// all returns every record so far.
+func (l *auditLog) all() []*audit.Record {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]*audit.Record(nil), l.recs...)
+}
+
+// last returns the newest record the authorization service wrote. The
+// monitor appends its own records (alerts) concurrently; they are skipped.
 func (l *auditLog) last() *audit.Record {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(l.recs) == 0 {
-		return nil
+	for i := len(l.recs) - 1; i >= 0; i-- {
+		if k := l.recs[i].Kind; k != audit.KindAlert {
+			return l.recs[i]
+		}
 	}
-	return l.recs[len(l.recs)-1]
+	return nil
 }
 
 // fixture is a verifier on loopback with an admin user "alice" and a
@@ -95,9 +107,16 @@ func newFixture(t testing.TB) *fixture {
 		t.Fatal(err)
 	}
 	f := &fixture{clock: &clock{t: time.Now().Truncate(time.Second)}, audit: &auditLog{}}
+	// These tests send one agent's bad requests in a row on purpose: the
+	// monitor watches but only logs, so its automated response does not
+	// revoke the agent under test (verifier/scenario_test.go tests that).
+	watchOnly, err := monitor.ParseConfig([]byte("response: {low: [log], medium: [log], high: [log], critical: [log]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	f.srv, err = verifier.New(context.Background(), verifier.Config{
 		DataDir: t.TempDir(), Refs: verifier.NewRefHolder(refs), Now: f.clock.Now,
-		Logger: slog.New(slog.DiscardHandler), Audit: f.audit, Issuer: "vouchd-test",
+		Logger: slog.New(slog.DiscardHandler), Audit: f.audit, Issuer: "vouchd-test", Monitor: watchOnly,
 	})
 	if err != nil {
 		t.Fatal(err)

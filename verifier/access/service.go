@@ -80,6 +80,15 @@ type Options struct {
 	PoPCacheSize int
 	// Audit receives a record per decision; nil records nothing (yet).
 	Audit audit.Log
+	// OnDecision, if set, learns every decision about a verified credential
+	// (the behaviour monitor). It must not block.
+	OnDecision func(context.Context, Decided)
+	// OnRevoked, if set, is called after credentials were revoked (a
+	// delegation suspended or revoked): the revocation feed reads them.
+	OnRevoked func()
+	// Held, if set, refuses elevations for an agent, machine or workload
+	// that is quarantined (the verifier's quarantine check).
+	Held func(ctx context.Context, sub string, akDigest []byte, imageDigest string) error
 	// Logger: slog.Default() when nil.
 	Logger *slog.Logger
 	// Now: time.Now when nil.

@@ -40,6 +40,18 @@ const (
 // Steps lists every step in pipeline order.
 var Steps = []Step{StepDecode, StepNonce, StepAK, StepQuote, StepWorkload, StepAgentKey, StepReferenceValues}
 
+// Decisions the verifier takes after the pipeline passed, on state outside
+// the evidence; refusals by them name these steps in audit records, so an
+// auditor knows that re-appraising the evidence must pass.
+const (
+	// StepHeld refuses an agent instance that was revoked, or an agent,
+	// workload or machine that is quarantined (continuous monitoring).
+	StepHeld Step = "held"
+	// StepScope refuses what the delegation, intent and authorization
+	// policy do not grant (package verifier/access).
+	StepScope Step = "scope"
+)
+
 // StepError is a refusal by one step.
 type StepError struct {
 	Step Step

@@ -90,6 +90,17 @@ const (
 	DetailProfile = "profile" // reference profile that matched
 	DetailEvent   = "event"   // config records: "start", "refs-loaded", ...
 	DetailError   = "error"   // the refusal's detail text
+	// DetailRevocationKind says what a revocation record revokes: one of
+	// the RevocationOf* values.
+	DetailRevocationKind = "kind"
+)
+
+// What a revocation record (KindRevocation) revokes. Auditors rebuild
+// enrollment and hold state from them.
+const (
+	RevocationOfCredential = "credential" // one credential (Credential set)
+	RevocationOfAgent      = "agent"      // an agent instance and its credentials (Agent.ID)
+	RevocationOfAK         = "ak"         // an AK's enrollment (Agent.AKDigest)
 )
 
 // Record is one audit record.

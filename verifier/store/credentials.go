@@ -22,11 +22,12 @@ type Credential struct {
 	LogIndex    *uint64 // audit log index of the issuance record, once sequenced
 	Delegation  string  // delegation it was issued under, if any
 	SingleUse   bool    // a just-in-time elevation
+	Intent      string  // the intent the agent declared
 }
 
 const sqlRecordCredential = `INSERT INTO credentials
-	(cti, subject, audience, ak_digest, image_digest, scope, issued_at, expires_at, log_index, delegation, single_use)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	(cti, subject, audience, ak_digest, image_digest, scope, issued_at, expires_at, log_index, delegation, single_use, intent)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 // RecordCredential stores an issued credential.
 func (s *Store) RecordCredential(ctx context.Context, c Credential) error {
@@ -36,7 +37,7 @@ func (s *Store) RecordCredential(ctx context.Context, c Credential) error {
 	}
 	_, err := s.stmt(sqlRecordCredential).ExecContext(ctx,
 		c.ID, c.Subject, c.Audience, c.AKDigest, c.ImageDigest, strings.Join(c.Scope, "\n"),
-		unixNano(c.IssuedAt), unixNano(c.ExpiresAt), idx, c.Delegation, c.SingleUse)
+		unixNano(c.IssuedAt), unixNano(c.ExpiresAt), idx, c.Delegation, c.SingleUse, c.Intent)
 	if err != nil {
 		return fmt.Errorf("recording credential: %w", err)
 	}
@@ -50,8 +51,8 @@ func (s *Store) CredentialByID(ctx context.Context, cti []byte) (*Credential, er
 	var issued, expires int64
 	var idx sql.NullInt64
 	err := s.db.QueryRowContext(ctx, `SELECT cti, subject, audience, ak_digest, image_digest, scope,
-		issued_at, expires_at, log_index, delegation, single_use FROM credentials WHERE cti = ?`, cti).
-		Scan(&c.ID, &c.Subject, &c.Audience, &c.AKDigest, &c.ImageDigest, &scope, &issued, &expires, &idx, &c.Delegation, &c.SingleUse)
+		issued_at, expires_at, log_index, delegation, single_use, intent FROM credentials WHERE cti = ?`, cti).
+		Scan(&c.ID, &c.Subject, &c.Audience, &c.AKDigest, &c.ImageDigest, &scope, &issued, &expires, &idx, &c.Delegation, &c.SingleUse, &c.Intent)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}

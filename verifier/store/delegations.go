@@ -220,7 +220,7 @@ var ErrStatus = errors.New("status change not allowed")
 // ("suspended", "resumed", "revoked"), in one transaction. Allowed moves:
 // active → suspended, suspended → active, active or suspended → revoked.
 // Revocation is final.
-func (s *Store) SetDelegationStatus(ctx context.Context, id, to, by, reason string, at time.Time) (*Revocation, error) {
+func (s *Store) SetDelegationStatus(ctx context.Context, id, to, by, reason string, at time.Time) (*DelegationEvent, error) {
 	var from []string
 	event := to
 	switch to {
@@ -257,10 +257,10 @@ func (s *Store) SetDelegationStatus(ctx context.Context, id, to, by, reason stri
 		to, unixNano(at), by, reason, id); err != nil {
 		return nil, fmt.Errorf("changing delegation status: %w", err)
 	}
-	res, err := tx.ExecContext(ctx, `INSERT INTO revocations (kind, target, event, at, by, reason) VALUES (?, ?, ?, ?, ?, ?)`,
-		RevocationDelegation, id, event, unixNano(at), by, reason)
+	res, err := tx.ExecContext(ctx, `INSERT INTO delegation_events (kind, target, event, at, by, reason) VALUES (?, ?, ?, ?, ?, ?)`,
+		EventDelegation, id, event, unixNano(at), by, reason)
 	if err != nil {
-		return nil, fmt.Errorf("recording revocation event: %w", err)
+		return nil, fmt.Errorf("recording delegation event: %w", err)
 	}
 	seq, err := res.LastInsertId()
 	if err != nil {
@@ -269,21 +269,17 @@ func (s *Store) SetDelegationStatus(ctx context.Context, id, to, by, reason stri
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("changing delegation status: %w", err)
 	}
-	return &Revocation{Seq: seq, Kind: RevocationDelegation, Target: id, Event: event, At: at.UTC(), By: by, Reason: reason}, nil
+	return &DelegationEvent{Seq: seq, Kind: EventDelegation, Target: id, Event: event, At: at.UTC(), By: by, Reason: reason}, nil
 }
 
-// Revocation kinds.
-const (
-	RevocationDelegation = "delegation" // Target is a delegation id
-	RevocationCredential = "credential" // Target is a hex cti
-)
+// EventDelegation is the Kind of a delegation status event.
+const EventDelegation = "delegation" // Target is a delegation id
 
-// Revocation is one event of the revocation stream, in the order Seq gives.
-// For delegations, Event is "revoked", "suspended" or "resumed": a relying
-// party checking credentials offline treats every credential whose
-// delegation claim names a revoked or suspended delegation as revoked, until
-// a "resumed" event.
-type Revocation struct {
+// DelegationEvent is one change of a delegation's status, in the order Seq
+// gives. Event is "revoked", "suspended" or "resumed". Relying parties learn
+// of it through the revocation feed: suspending or revoking a delegation
+// revokes every live credential issued under it (RevokeCredentialsOfDelegation).
+type DelegationEvent struct {
 	Seq    int64
 	Kind   string
 	Target string
@@ -293,20 +289,20 @@ type Revocation struct {
 	Reason string
 }
 
-// RevocationsSince returns up to limit events with Seq > after, in order.
-func (s *Store) RevocationsSince(ctx context.Context, after int64, limit int) ([]Revocation, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT seq, kind, target, event, at, by, reason FROM revocations
+// DelegationEventsSince returns up to limit events with Seq > after, in order.
+func (s *Store) DelegationEventsSince(ctx context.Context, after int64, limit int) ([]DelegationEvent, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT seq, kind, target, event, at, by, reason FROM delegation_events
 		WHERE seq > ? ORDER BY seq LIMIT ?`, after, limit)
 	if err != nil {
-		return nil, fmt.Errorf("listing revocations: %w", err)
+		return nil, fmt.Errorf("listing delegation events: %w", err)
 	}
 	defer rows.Close()
-	var out []Revocation
+	var out []DelegationEvent
 	for rows.Next() {
-		var r Revocation
+		var r DelegationEvent
 		var at int64
 		if err := rows.Scan(&r.Seq, &r.Kind, &r.Target, &r.Event, &at, &r.By, &r.Reason); err != nil {
-			return nil, fmt.Errorf("reading revocation: %w", err)
+			return nil, fmt.Errorf("reading delegation event: %w", err)
 		}
 		r.At = fromNano(at)
 		out = append(out, r)

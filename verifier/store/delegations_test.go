@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"errors"
 	"slices"
 	"sync"
@@ -86,7 +87,7 @@ func TestDelegationLifecycle(t *testing.T) {
 		if err != nil {
 			t.Fatalf("→ %s: %v", st.to, err)
 		}
-		if ev.Event != st.event || ev.Target != "dlg_1" || ev.Kind != RevocationDelegation {
+		if ev.Event != st.event || ev.Target != "dlg_1" || ev.Kind != EventDelegation {
 			t.Fatalf("event %+v", ev)
 		}
 		seqs = append(seqs, ev.Seq)
@@ -94,14 +95,14 @@ func TestDelegationLifecycle(t *testing.T) {
 	if _, err := s.SetDelegationStatus(ctx, "dlg_nope", DelegationRevoked, "a", "", at); !errors.Is(err, ErrNotFound) {
 		t.Fatal(err)
 	}
-	evs, err := s.RevocationsSince(ctx, 0, 10)
+	evs, err := s.DelegationEventsSince(ctx, 0, 10)
 	if err != nil || len(evs) != 3 {
 		t.Fatalf("events %+v, %v", evs, err)
 	}
 	if evs[2].Event != "revoked" || evs[2].Seq != seqs[2] || evs[0].Seq >= evs[1].Seq {
 		t.Fatalf("events %+v", evs)
 	}
-	if evs, _ := s.RevocationsSince(ctx, seqs[1], 10); len(evs) != 1 {
+	if evs, _ := s.DelegationEventsSince(ctx, seqs[1], 10); len(evs) != 1 {
 		t.Fatalf("since %d: %+v", seqs[1], evs)
 	}
 	got, _ = s.Delegation(ctx, "dlg_1")
@@ -160,5 +161,50 @@ func TestCredentialsByDelegation(t *testing.T) {
 	c, err := s.CredentialByID(ctx, ids[0])
 	if err != nil || !c.SingleUse || c.Delegation != "dlg_1" || len(c.Scope) != 1 || c.Scope[0] != `documents:read:Document::"a b/c"` {
 		t.Fatalf("%+v %v", c, err)
+	}
+}
+
+func TestRevokeCredentialsOfDelegation(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t)
+	now := time.Unix(1_800_000_000, 0)
+	for i, c := range []struct {
+		dlg string
+		exp time.Time
+	}{{"dlg_1", now.Add(time.Minute)}, {"dlg_1", now.Add(-time.Minute)}, {"dlg_2", now.Add(time.Minute)}} {
+		cred := Credential{ID: []byte{byte(i), 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, Subject: fmt.Sprintf("sub-%d", i), Audience: "a",
+			AKDigest: []byte("ak"), IssuedAt: now.Add(-time.Minute), ExpiresAt: c.exp, Delegation: c.dlg}
+		if err := s.RecordCredential(ctx, cred); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rs, err := s.RevokeCredentialsOfDelegation(ctx, "dlg_1", Revocation{Reason: "delegation dlg_1 revoked", RevokedBy: "alice", RevokedAt: now})
+	if err != nil || len(rs) != 1 || rs[0].Subject != "sub-0" || rs[0].Kind != RevokeCredential {
+		t.Fatalf("revoked %+v, %v; want only the live credential of dlg_1", rs, err)
+	}
+	// Revoking again adds nothing to the feed.
+	if again, err := s.RevokeCredentialsOfDelegation(ctx, "dlg_1", Revocation{RevokedAt: now}); err != nil || len(again) != 0 {
+		t.Fatalf("second revocation: %+v, %v", again, err)
+	}
+	tests := []struct {
+		cti  []byte
+		sub  string
+		kind string // "" = not revoked
+	}{
+		{rs[0].CTI, "sub-0", RevokeCredential},
+		{[]byte{2, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}, "sub-2", ""},
+	}
+	for _, tc := range tests {
+		r, err := s.CredentialRevoked(ctx, tc.cti, tc.sub)
+		if err != nil || (r == nil) != (tc.kind == "") || (r != nil && r.Kind != tc.kind) {
+			t.Errorf("CredentialRevoked(%s) = %+v, %v; want kind %q", tc.sub, r, err, tc.kind)
+		}
+	}
+	// An agent revocation covers every credential of the agent instance.
+	if _, err := s.RevokeCredentialsOf(ctx, "sub-2", true, Revocation{Reason: "alert", RevokedBy: "monitor", RevokedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := s.CredentialRevoked(ctx, []byte("some other credential"), "sub-2"); err != nil || r == nil || r.Kind != RevokeAgent {
+		t.Fatalf("agent revocation not found: %+v, %v", r, err)
 	}
 }

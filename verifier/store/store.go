@@ -1,6 +1,8 @@
 // Package store keeps the verifier's state in a real database: challenge
 // nonces, AK enrollments, the credentials it issued, users, delegations and
-// revocation events. The embedded default
+// their status events, and the state of continuous monitoring (the
+// revocation feed, quarantines, alerts, the webhook outbox and the agents
+// seen attesting). The embedded default
 // is SQLite (modernc.org/sqlite, no cgo, no setup) in the data directory.
 //
 // Every method takes a context and is safe for concurrent use. Operations that
@@ -36,6 +38,7 @@ type Store struct {
 var hotStatements = []string{
 	sqlPutNonce, sqlConsumeNonce, enrollmentSelect + ` WHERE ak_digest = ?`, sqlRecordCredential,
 	delegationSelect + ` WHERE id = ?`, sqlConsumeCredential,
+	sqlActiveQuarantine, sqlAgentRevoked, sqlRecordAgentSeen, sqlCredentialRevoked,
 }
 
 // stmt returns the prepared form of a hot statement.
@@ -146,7 +149,7 @@ var migrations = []string{
 	CREATE INDEX enroll_challenges_expires ON enroll_challenges(expires_at);
 	ALTER TABLE enrollments ADD COLUMN detail TEXT NOT NULL DEFAULT '';
 	CREATE INDEX enrollments_ek ON enrollments(ek_digest);`,
-	// 3: users, delegations, revocation events, single-use credentials.
+	// 3: users, delegations, delegation status events, single-use credentials.
 	`CREATE TABLE users (
 		id          TEXT PRIMARY KEY,
 		public_key  BLOB NOT NULL,
@@ -170,7 +173,7 @@ var migrations = []string{
 		reason     TEXT NOT NULL DEFAULT ''
 	);
 	CREATE INDEX delegations_user ON delegations(user_id);
-	CREATE TABLE revocations (
+	CREATE TABLE delegation_events (
 		seq    INTEGER PRIMARY KEY AUTOINCREMENT,
 		kind   TEXT NOT NULL,
 		target TEXT NOT NULL,
@@ -187,6 +190,9 @@ var migrations = []string{
 	ALTER TABLE credentials ADD COLUMN delegation TEXT NOT NULL DEFAULT '';
 	ALTER TABLE credentials ADD COLUMN single_use INTEGER NOT NULL DEFAULT 0;
 	CREATE INDEX credentials_delegation ON credentials(delegation) WHERE delegation != '';`,
+	// 4: continuous monitoring (revocation feed, quarantines, alerts, webhook
+	// outbox, agents seen).
+	migrationMonitoring,
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -1,6 +1,7 @@
 package auditor
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -46,12 +47,18 @@ type reappraiser struct {
 	enroll map[string]*store.Enrollment
 	cur    *audit.Record
 	nonces map[[32]byte]uint64 // nonces consumed, by the index of the record that consumed them
+	// quarantines in force (by quarantine id) and revoked agent instances,
+	// from the quarantine, release and revocation records seen so far.
+	quarantines map[string]*audit.Agent
+	quarScope   map[string]string
+	revoked     map[string]bool
 }
 
 func newReappraiser(src Source, rep *Report) *reappraiser {
 	rep.Skipped = map[string]uint64{}
 	return &reappraiser{src: src, rep: rep, refs: map[string]*policy.RefSet{}, bad: map[string]bool{},
-		pipes: map[string]*appraisal.Pipeline{}, enroll: map[string]*store.Enrollment{}, nonces: map[[32]byte]uint64{}}
+		pipes: map[string]*appraisal.Pipeline{}, enroll: map[string]*store.Enrollment{}, nonces: map[[32]byte]uint64{},
+		quarantines: map[string]*audit.Agent{}, quarScope: map[string]string{}, revoked: map[string]bool{}}
 }
 
 // Outcomes of records about AKs, as enrollment and revocation records
@@ -67,8 +74,18 @@ func (r *reappraiser) record(ctx context.Context, idx uint64, rec *audit.Record)
 		if rec.Agent != nil && len(rec.Agent.AKDigest) > 0 && rec.Outcome == outcomeEnrolled {
 			r.enroll[hex.EncodeToString(rec.Agent.AKDigest)] = &store.Enrollment{AKDigest: rec.Agent.AKDigest, Method: rec.Detail["method"], EnrolledAt: rec.Time()}
 		}
+	case audit.KindQuarantine:
+		if rec.Agent != nil && rec.Detail["quarantine_id"] != "" {
+			r.quarantines[rec.Detail["quarantine_id"]] = rec.Agent
+			r.quarScope[rec.Detail["quarantine_id"]] = rec.Detail["scope"]
+		}
+	case audit.KindRelease:
+		delete(r.quarantines, rec.Detail["quarantine_id"])
 	case audit.KindRevocation:
-		if rec.Agent != nil && len(rec.Agent.AKDigest) > 0 && rec.Credential == nil && rec.Outcome == outcomeRevoked {
+		if rec.Agent != nil && rec.Detail[audit.DetailRevocationKind] == audit.RevocationOfAgent && rec.Agent.ID != "" {
+			r.revoked[rec.Agent.ID] = true
+		}
+		if rec.Agent != nil && len(rec.Agent.AKDigest) > 0 && rec.Detail[audit.DetailRevocationKind] == audit.RevocationOfAK && rec.Outcome == outcomeRevoked {
 			t := rec.Time()
 			e := r.enroll[hex.EncodeToString(rec.Agent.AKDigest)]
 			if e == nil {
@@ -83,6 +100,36 @@ func (r *reappraiser) record(ctx context.Context, idx uint64, rec *audit.Record)
 }
 
 func (r *reappraiser) skip(why string) { r.rep.Skipped[why]++ }
+
+// heldByLog reports whether the log, up to the record being re-appraised,
+// revoked this agent instance or holds a quarantine of it, its workload
+// (AK and image) or its machine (AK).
+func (r *reappraiser) heldByLog(out *appraisal.Outcome) bool {
+	if out == nil || out.AgentKey == nil || out.AK == nil || out.Workload == nil {
+		return false
+	}
+	sub, ak, img := out.AgentKey.Subject, out.AK.Digest, out.Workload.ImageDigest
+	if r.revoked[sub] {
+		return true
+	}
+	for id, a := range r.quarantines {
+		switch r.quarScope[id] {
+		case store.QuarantineAgent:
+			if a.ID == sub {
+				return true
+			}
+		case store.QuarantineWorkload:
+			if bytes.Equal(a.AKDigest, ak) && a.ImageDigest == img {
+				return true
+			}
+		case store.QuarantineMachine:
+			if bytes.Equal(a.AKDigest, ak) {
+				return true
+			}
+		}
+	}
+	return false
+}
 
 func (r *reappraiser) reappraise(ctx context.Context, idx uint64, rec *audit.Record) {
 	recReason := attest.Reason("")
@@ -117,7 +164,15 @@ func (r *reappraiser) reappraise(ctx context.Context, idx uint64, rec *audit.Rec
 	r.rep.Reappraised++
 	got := describe(out, runErr)
 	want := recorded(rec)
-	if !same(got, want) {
+	if rec.Step == string(appraisal.StepHeld) || rec.Step == string(appraisal.StepScope) {
+		// Refused after the pipeline, on state outside the evidence: the
+		// evidence itself must pass, and a hold must be in the log.
+		if !got.issued {
+			r.rep.add(FindReappraisal, ptr(idx), "the record says %s, after appraisal, but its evidence does not pass appraisal against %s: %s", want, rec.RefSetID, got)
+		} else if rec.Step == string(appraisal.StepHeld) && !r.heldByLog(out) {
+			r.rep.add(FindReappraisal, ptr(idx), "the record says %s, but the log holds no revocation or quarantine in force for this agent, its workload or its machine", want)
+		}
+	} else if !same(got, want) {
 		r.rep.add(FindReappraisal, ptr(idx), "the record says %s; re-appraising its evidence against %s gives %s", want, rec.RefSetID, got)
 	}
 	// A nonce is consumed once: a record past the nonce step whose nonce an
