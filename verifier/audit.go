@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/vouch-dev/vouch/attest"
 	"github.com/vouch-dev/vouch/policy"
@@ -171,4 +172,49 @@ func (s *Server) startRecord() *audit.Record {
 		"credential_ttl":  s.cfg.CredentialTTL.String(),
 		"allow_warning":   fmt.Sprint(s.cfg.AllowWarning),
 	}}
+}
+
+// drainAuditOutbox appends the audit records the vouch CLI queued in the
+// database for its offline changes (operator enrollment, AK revocation,
+// users) to the log, oldest first: at start, then every second. A record
+// is deleted from the queue only after it is sequenced, so a crash between
+// the two can append it twice, never lose it.
+func (s *Server) drainAuditOutbox(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		s.appendQueued(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Server) appendQueued(ctx context.Context) {
+	queued, err := s.store.QueuedAuditRecords(ctx, 100)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("reading the audit outbox", "err", err)
+		}
+		return
+	}
+	for _, q := range queued {
+		rec, err := audit.Decode(q.Record)
+		if err != nil {
+			// Record that a queued record was unreadable, rather than block
+			// the queue or drop it silently.
+			rec = &audit.Record{Kind: audit.KindConfig, Outcome: "queued-record-malformed",
+				Detail: map[string]string{audit.DetailError: err.Error(), "queued_at": q.CreatedAt.Format(time.RFC3339Nano)}}
+		}
+		if _, err := s.record(ctx, rec); err != nil {
+			s.log.Warn("appending a queued audit record; retrying later", "err", err)
+			return
+		}
+		if err := s.store.DeleteQueuedAuditRecord(ctx, q.ID); err != nil {
+			s.log.Warn("clearing the audit outbox", "err", err)
+			return
+		}
+	}
 }

@@ -301,6 +301,8 @@ func (s *Server) startMonitoring() error {
 	s.stopBg, s.streams = cancel, ctx
 	s.bg.Add(1)
 	go func() { defer s.bg.Done(); s.feed.run(ctx, s.cfg.FeedHeartbeat, s) }()
+	s.bg.Add(1)
+	go func() { defer s.bg.Done(); s.drainAuditOutbox(ctx) }()
 	return nil
 }
 

@@ -14,7 +14,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/vouch-dev/vouch/attest"
+	"github.com/vouch-dev/vouch/internal/version"
 	"github.com/vouch-dev/vouch/verifier"
+	"github.com/vouch-dev/vouch/verifier/audit"
 	"github.com/vouch-dev/vouch/verifier/store"
 )
 
@@ -100,7 +103,26 @@ func EnrollAK(ctx context.Context, st *store.Store, spki []byte, name, by string
 	if err := st.Enroll(ctx, e); err != nil {
 		return nil, err
 	}
-	return &e, nil
+	err := queueAudit(ctx, st, &audit.Record{Kind: audit.KindEnrollment, Outcome: "enrolled", User: by, TimeMillis: e.EnrolledAt.UnixMilli(),
+		Agent: &audit.Agent{AKDigest: e.AKDigest}, Detail: map[string]string{"method": e.Method, "name": name}})
+	return &e, err
+}
+
+// queueAudit queues the audit record of a change the CLI made in the
+// database; vouchd appends it to the transparency log (store.QueueAuditRecord).
+func queueAudit(ctx context.Context, st *store.Store, rec *audit.Record) error {
+	rec.Version, rec.Build = audit.SchemaVersion, "vouch "+version.String()
+	if rec.TimeMillis == 0 {
+		rec.TimeMillis = time.Now().UnixMilli()
+	}
+	b, err := audit.Encode(rec)
+	if err != nil {
+		return fmt.Errorf("encoding the audit record: %w", err)
+	}
+	if err := st.QueueAuditRecord(ctx, b, rec.Time()); err != nil {
+		return fmt.Errorf("the change is made, but its audit record could not be queued: %w", err)
+	}
+	return nil
 }
 
 func readAKPublic(path string) ([]byte, error) {
@@ -178,6 +200,12 @@ func newAgentsRevokeCmd() *cobra.Command {
 				Reason: "AK revoked: " + reason, RevokedBy: operator(), RevokedAt: time.Now()})
 			if err != nil {
 				return fmt.Errorf("AK revoked, but revoking its live credentials failed: %w", err)
+			}
+			if err := queueAudit(cmd.Context(), st, &audit.Record{Kind: audit.KindRevocation, Outcome: "revoked", User: operator(),
+				Agent: &audit.Agent{AKDigest: found[0].AKDigest}, Reasons: []attest.Reason{attest.ReasonAKRevoked},
+				Detail: map[string]string{audit.DetailRevocationKind: audit.RevocationOfAK, "reason": reason,
+					"credentials_revoked": fmt.Sprint(len(rs))}}); err != nil {
+				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "revoked AK %x and %d live credentials issued through it\n", found[0].AKDigest, len(rs))
 			return nil

@@ -13,6 +13,7 @@ import (
 
 	"github.com/vouch-dev/vouch/verifier"
 	"github.com/vouch-dev/vouch/verifier/access"
+	"github.com/vouch-dev/vouch/verifier/audit"
 	"github.com/vouch-dev/vouch/verifier/store"
 )
 
@@ -280,6 +281,10 @@ func newUsersAddCmd(af *adminFlags) *cobra.Command {
 				}
 				defer st.Close()
 				if err := st.AddUser(cmd.Context(), *u); err != nil {
+					return err
+				}
+				if err := queueAudit(cmd.Context(), st, &audit.Record{Kind: audit.KindConfig, Outcome: "user-added", User: "local:" + operator(),
+					Detail: map[string]string{"user": u.ID, "admin": fmt.Sprint(u.Admin)}}); err != nil {
 					return err
 				}
 				v = access.UserViewOf(u)

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vouch-dev/vouch/agentside"
 	"github.com/vouch-dev/vouch/attest"
@@ -103,6 +104,19 @@ func TestShellFlow(t *testing.T) {
 	_, err = agent.Attest(ctx, client, &attest.Request{Audience: "https://docs.example"})
 	if attest.ReasonOf(err) != attest.ReasonAKRevoked {
 		t.Fatalf("attest after revoke: %v", err)
+	}
+	// The CLI's offline changes reach the verifier's transparency log
+	// through the audit outbox: the enrollment and the AK's revocation.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out, err := run(t, "audit", "show", "--log", data, "--json")
+		if err == nil && strings.Contains(out, `"enrolled"`) && strings.Contains(out, `"kind": "ak"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the CLI's enrollment and revocation are not in the audit log: %v\n%s", err, out)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

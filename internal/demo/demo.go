@@ -260,7 +260,11 @@ func (r *run) audit(ctx context.Context, dir string) error {
 		outcome = fmt.Sprintf("the audit log does not verify: %v", rep.Findings)
 	}
 	r.step("audit", rep.OK(), "", start, "%s", outcome)
-	r.say("               check it yourself: vouch audit verify --log %s", dir)
+	if r.sum.Kept {
+		r.say("               check it yourself: vouch audit verify --log %s", dir)
+	} else {
+		r.say("               (run `vouch demo --data DIR` to keep the log, then check it yourself: vouch audit verify --log DIR)")
+	}
 	return nil
 }
 

@@ -193,6 +193,8 @@ var migrations = []string{
 	// 4: continuous monitoring (revocation feed, quarantines, alerts, webhook
 	// outbox, agents seen).
 	migrationMonitoring,
+	// 5: audit records of the CLI's offline changes, for vouchd to append.
+	migrationAuditOutbox,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
