@@ -33,6 +33,30 @@ func (l serverLog) Append(ctx context.Context, r *audit.Record) (uint64, error) 
 	return l.s.record(ctx, r)
 }
 
+// Enqueue records without waiting for durability when the log can
+// (audit.Enqueuer), and waits otherwise.
+func (l serverLog) Enqueue(ctx context.Context, r *audit.Record) error {
+	s := l.s
+	r.Version = audit.SchemaVersion
+	if r.TimeMillis == 0 {
+		r.TimeMillis = s.cfg.Now().UnixMilli()
+	}
+	if r.Build == "" {
+		r.Build = s.cfg.Build
+	}
+	q, ok := s.audit.(audit.Enqueuer)
+	if !ok {
+		_, err := s.record(ctx, r)
+		return err
+	}
+	if err := q.Enqueue(ctx, r); err != nil {
+		s.metrics.auditFailures.Inc()
+		return &attest.Error{Reason: attest.ReasonUnavailable, Detail: "the verifier's audit log is unavailable; nothing is decided unrecorded, retry shortly", Err: err}
+	}
+	s.metrics.auditRecords.WithLabelValues(string(r.Kind)).Inc()
+	return nil
+}
+
 func (s *Server) record(ctx context.Context, r *audit.Record) (uint64, error) {
 	r.Version = audit.SchemaVersion
 	if r.TimeMillis == 0 {

@@ -224,7 +224,7 @@ func (s *Server) issue(ctx context.Context, raw []byte, out *appraisal.Outcome, 
 			if _, rerr := s.store.RevokeCredentialID(ctx, id, store.Revocation{Reason: "issued during a quarantine", RevokedBy: "verifier", RevokedAt: now}); rerr != nil {
 				return nil, nil, unavailable(rerr)
 			}
-			s.feed.notify()
+			s.revoked()
 		}
 		return nil, nil, err
 	}

@@ -83,6 +83,14 @@ func (s *Server) held(ctx context.Context, out *appraisal.Outcome) error {
 	return s.heldIdentity(ctx, out.AgentKey.Subject, out.AK.Digest, out.Workload.ImageDigest)
 }
 
+// revoked is called after this process stored revocations: decisions stop
+// trusting cached "not revoked" answers at once, and the feed tells relying
+// parties.
+func (s *Server) revoked() {
+	s.access.RevocationsChanged()
+	s.feed.notify()
+}
+
 // heldIdentity refuses an agent instance that was revoked, or an agent,
 // workload (AK and image) or machine (AK) that is quarantined.
 func (s *Server) heldIdentity(ctx context.Context, sub string, akDigest []byte, img string) error {
@@ -214,10 +222,14 @@ func DecodeReportBatch(body []byte) (*attest.ReportBatch, error) {
 
 func (s *Server) reportedCredential(ctx context.Context, cti []byte) (*reportedCredential, error) {
 	if c, ok := s.credCache.Get(string(cti)); ok {
+		if c.sub == "" {
+			return nil, nil
+		}
 		return &c, nil
 	}
 	rec, err := s.store.CredentialByID(ctx, cti)
 	if errors.Is(err, store.ErrNotFound) {
+		s.credCache.Add(string(cti), reportedCredential{}) // not ours: remember that too
 		return nil, nil
 	}
 	if err != nil {

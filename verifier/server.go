@@ -212,6 +212,12 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if s.audit == nil {
 		ao := cfg.AuditOptions
 		ao.DataDir = cfg.DataDir
+		if ao.OnEnqueueError == nil {
+			ao.OnEnqueueError = func(err error) {
+				s.metrics.auditFailures.Inc()
+				s.log.Error("an enqueued audit record was lost", "err", err)
+			}
+		}
 		if s.tlog, err = audit.Open(ctx, ao); err != nil {
 			st.Close()
 			return nil, fmt.Errorf("verifier: %w", err)
@@ -259,6 +265,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		Store: st, Keys: keys, Policy: cfg.Policy, Issuer: cfg.Issuer, Build: cfg.Build,
 		ElevationTTL: cfg.ElevationTTL, ExternalURL: cfg.ExternalURL, Audit: serverLog{s},
 		OnDecision: s.observeDecision, OnRevoked: func() { s.feed.notify() }, Held: s.heldIdentity,
+		RevocationHead: func() int64 { h, _, _ := s.feed.state(); return h },
 		Logger: cfg.Logger.With("component", "access"), Now: cfg.Now,
 	})
 	if err != nil {
@@ -290,7 +297,7 @@ func (s *Server) startMonitoring() error {
 	s.credCache = newCredentialCache()
 	mon, err := monitor.New(monitor.Options{
 		Store: s.store, Config: s.cfg.Monitor, Audit: serverLog{s}, Build: s.cfg.Build, Webhook: s.cfg.Webhook,
-		OnRevocation: s.feed.notify, OnAlert: s.cfg.OnAlert, QueueSize: s.cfg.MonitorQueue, Delegations: s.access,
+		OnRevocation: s.revoked, OnAlert: s.cfg.OnAlert, QueueSize: s.cfg.MonitorQueue, Delegations: s.access,
 		Logger: s.log, Registry: s.cfg.Registry, Now: s.cfg.Now,
 	})
 	if err != nil {

@@ -87,7 +87,7 @@ func (s *Service) Authorize(ctx context.Context, q *attest.AuthorizeRequest) (*a
 	if g := s.cachedUser(d.Delegation); g != "" {
 		rec.User = g
 	}
-	if err := s.record(ctx, rec); err != nil {
+	if err := s.recordDecision(ctx, rec); err != nil {
 		return nil, err
 	}
 	s.decided(ctx, v, q.Action, q.Resource, deny, q.Context.SourceIP, false)

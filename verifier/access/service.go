@@ -28,6 +28,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -86,6 +87,9 @@ type Options struct {
 	// OnRevoked, if set, is called after credentials were revoked (a
 	// delegation suspended or revoked): the revocation feed reads them.
 	OnRevoked func()
+	// RevocationHead, if set, returns the revocation feed's head; answers of
+	// the revocation check are cached while it does not move.
+	RevocationHead func() int64
 	// Held, if set, refuses elevations for an agent, machine or workload
 	// that is quarantined (the verifier's quarantine check).
 	Held func(ctx context.Context, sub string, akDigest []byte, imageDigest string) error
@@ -106,6 +110,9 @@ type Service struct {
 	signed  *nonceCache // ids of signed admin requests already seen
 	origin  string      // lower-case ExternalURL, or ""
 	elevTTL time.Duration
+
+	revChecks *lru.Cache[string, revocationCheck] // by cti
+	revLocal  atomic.Int64                        // revocations made in this process
 }
 
 // New returns a Service.
@@ -142,6 +149,9 @@ func New(opts Options) (*Service, error) {
 	s.pop = attest.NewPoPVerifier(attest.PoPOptions{CacheSize: opts.PoPCacheSize, Now: opts.Now})
 	var err error
 	if s.creds, err = lru.New[[32]byte, *verified](16384); err != nil {
+		return nil, err
+	}
+	if s.revChecks, err = lru.New[string, revocationCheck](16384); err != nil {
 		return nil, err
 	}
 	s.grants = newGrantCache(opts.DelegationCacheTTL)
@@ -377,8 +387,26 @@ func sourceAddr(r *http.Request) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
-// record sends an audit record, if an audit log is configured. A failure to
-// record is returned: callers fail closed.
+// recordDecision records a decision at request rate: without waiting for
+// durability when the log can (audit.Enqueuer), which keeps /v1/authorize
+// at thousands of decisions per second; see audit.Enqueuer for the window.
+func (s *Service) recordDecision(ctx context.Context, r *audit.Record) error {
+	q, ok := s.opts.Audit.(audit.Enqueuer)
+	if !ok {
+		return s.record(ctx, r)
+	}
+	r.Build = s.opts.Build
+	if r.TimeMillis == 0 {
+		r.TimeMillis = s.now().UnixMilli()
+	}
+	if err := q.Enqueue(ctx, r); err != nil {
+		return &attest.Error{Reason: attest.ReasonUnavailable, Detail: "the audit log is unavailable; no decision is made without its record", Err: err}
+	}
+	return nil
+}
+
+// record sends an audit record, if an audit log is configured, and waits
+// for it to be durable. A failure to record is returned: callers fail closed.
 func (s *Service) record(ctx context.Context, r *audit.Record) error {
 	if s.opts.Audit == nil {
 		return nil

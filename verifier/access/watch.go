@@ -47,14 +47,47 @@ func (s *Service) decided(ctx context.Context, v *verified, action, resource str
 	s.opts.OnDecision(ctx, d)
 }
 
+// revocationView names the state of revocations a check was made against:
+// the revocation feed's head (which the verifier re-reads from the database
+// every heartbeat, so revocations by other replicas and the CLI show) and
+// this process's own revocation count (bumped synchronously).
+type revocationView struct{ head, local int64 }
+
+// revocationCheck is a cached answer of CredentialRevoked.
+type revocationCheck struct {
+	view revocationView
+	rev  *store.Revocation
+}
+
+// RevocationsChanged tells the service that this process revoked
+// something: cached "not revoked" answers are stale.
+func (s *Service) RevocationsChanged() { s.revLocal.Add(1) }
+
 // checkRevoked refuses a credential that was revoked, or whose agent
 // instance was: by the monitor, an operator, or its delegation's
-// suspension or revocation.
+// suspension or revocation. The database answer is cached until the
+// revocation feed moves (Options.RevocationHead), so that a credential used
+// at request rate costs one lookup per revocation, not one per decision.
 func (s *Service) checkRevoked(ctx context.Context, c *attest.Claims) error {
+	var view revocationView
+	cacheable := s.opts.RevocationHead != nil
+	if cacheable {
+		view = revocationView{head: s.opts.RevocationHead(), local: s.revLocal.Load()}
+		if e, ok := s.revChecks.Get(string(c.ID)); ok && e.view == view {
+			return revokedError(c, e.rev)
+		}
+	}
 	r, err := s.opts.Store.CredentialRevoked(ctx, c.ID, c.Subject)
 	if err != nil {
 		return unavailable(err)
 	}
+	if cacheable {
+		s.revChecks.Add(string(c.ID), revocationCheck{view: view, rev: r})
+	}
+	return revokedError(c, r)
+}
+
+func revokedError(c *attest.Claims, r *store.Revocation) error {
 	if r == nil {
 		return nil
 	}
@@ -73,8 +106,11 @@ func (s *Service) revokeDelegated(ctx context.Context, delegation, status, by st
 	if err != nil {
 		return 0, unavailable(err)
 	}
-	if len(rs) > 0 && s.opts.OnRevoked != nil {
-		s.opts.OnRevoked()
+	if len(rs) > 0 {
+		s.RevocationsChanged()
+		if s.opts.OnRevoked != nil {
+			s.opts.OnRevoked()
+		}
 	}
 	return len(rs), nil
 }

@@ -145,6 +145,18 @@ type Credential struct {
 	Subject   string   `cbor:"6,keyasint,omitempty" json:"sub,omitempty"`
 }
 
+// Enqueuer is a Log that also takes records without waiting for them to
+// be durable: such a record is sequenced with the next batch (within the
+// log's batch age, 5 ms by default), and a crash in that window loses it.
+// The verifier enqueues the records it writes at request rate —
+// authorization decisions, the monitor's alerts and revocations — where
+// waiting for every fsync would cap decisions at a few hundred per second;
+// it appends and waits for everything that grants (issued credentials,
+// elevations, enrollments).
+type Enqueuer interface {
+	Enqueue(ctx context.Context, r *Record) error
+}
+
 // Log is where records go. Append returns only once the record is durably
 // sequenced, with its index in the log.
 type Log interface {

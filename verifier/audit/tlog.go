@@ -57,6 +57,9 @@ type Options struct {
 	// CheckpointInterval is how often a new checkpoint is signed when the
 	// log grew (at least 100 ms).
 	CheckpointInterval time.Duration
+	// OnEnqueueError, if set, learns of a record taken by Enqueue that
+	// could not be sequenced after all.
+	OnEnqueueError func(error)
 }
 
 // TLog is the audit log: a transparency log on tessera's POSIX storage in
@@ -73,6 +76,7 @@ type TLog struct {
 	reader   tessera.LogReader
 	shutdown func(context.Context) error
 	cancel   context.CancelFunc
+	onErr    func(error)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -117,7 +121,8 @@ func Open(ctx context.Context, opts Options) (*TLog, error) {
 		cancel()
 		return nil, fmt.Errorf("audit: opening the log in %s: %w", opts.DataDir, err)
 	}
-	return &TLog{dataDir: opts.DataDir, signer: signer, vkey: vkey, appender: app, reader: reader, shutdown: shutdown, cancel: cancel}, nil
+	return &TLog{dataDir: opts.DataDir, signer: signer, vkey: vkey, appender: app, reader: reader, shutdown: shutdown, cancel: cancel,
+		onErr: opts.OnEnqueueError}, nil
 }
 
 // Append encodes r and appends it. It returns once the entry is durably
@@ -128,6 +133,23 @@ func (l *TLog) Append(ctx context.Context, r *Record) (uint64, error) {
 		return 0, err
 	}
 	return l.AppendRaw(ctx, b)
+}
+
+// Enqueue encodes r and hands it to the appender without waiting: it is
+// sequenced, durably, with the next batch (within BatchMaxAge). A crash
+// before then loses it. See Enqueuer.
+func (l *TLog) Enqueue(ctx context.Context, r *Record) error {
+	b, err := Encode(r)
+	if err != nil {
+		return err
+	}
+	wait := l.Future(context.WithoutCancel(ctx), b)
+	go func() {
+		if _, err := wait(); err != nil && l.onErr != nil {
+			l.onErr(fmt.Errorf("audit: a queued record was not sequenced: %w", err))
+		}
+	}()
+	return nil
 }
 
 // AppendRaw appends an encoded record as is (benchmarks and tests of the

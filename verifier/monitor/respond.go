@@ -138,12 +138,15 @@ func (m *Monitor) respond(ctx context.Context, cfg *Config, a *agentState, s *Si
 		}
 	}
 	if len(revoked) > 0 {
+		// Revocations restrict: they go to relying parties first, and are
+		// recorded after (the feed is fed from the database, where they
+		// already are).
+		if m.opts.OnRevocation != nil {
+			m.opts.OnRevocation()
+		}
 		for _, r := range revoked {
 			m.metrics.revocations.WithLabelValues(r.Kind).Inc()
 			m.audit(ctx, RevocationRecord(&r, m.opts.Build))
-		}
-		if m.opts.OnRevocation != nil {
-			m.opts.OnRevocation()
 		}
 	}
 	if slices.Contains(acts, ActionLog) {
@@ -241,7 +244,15 @@ func (m *Monitor) audit(ctx context.Context, r *audit.Record) bool {
 	if m.opts.Audit == nil {
 		return true
 	}
-	if _, err := m.opts.Audit.Append(ctx, r); err != nil {
+	// Records at alert rate are enqueued, not awaited, when the log can
+	// (audit.Enqueuer): the worker must keep up with the signals.
+	var err error
+	if q, ok := m.opts.Audit.(audit.Enqueuer); ok {
+		err = q.Enqueue(ctx, r)
+	} else {
+		_, err = m.opts.Audit.Append(ctx, r)
+	}
+	if err != nil {
 		m.metrics.auditErrors.Inc()
 		m.log.Error("monitor: audit log refused a record", "kind", r.Kind, "err", err)
 		return false
