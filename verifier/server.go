@@ -266,7 +266,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		ElevationTTL: cfg.ElevationTTL, ExternalURL: cfg.ExternalURL, Audit: serverLog{s},
 		OnDecision: s.observeDecision, OnRevoked: func() { s.feed.notify() }, Held: s.heldIdentity,
 		RevocationHead: func() int64 { h, _, _ := s.feed.state(); return h },
-		Logger: cfg.Logger.With("component", "access"), Now: cfg.Now,
+		Logger:         cfg.Logger.With("component", "access"), Now: cfg.Now,
 	})
 	if err != nil {
 		s.Close()
