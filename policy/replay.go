@@ -60,15 +60,9 @@ func (r Replay) Banks() []Bank {
 // evidence only once compared with PCRs a TPM quoted. Use it to derive
 // reference values from a known-good machine's log.
 func ReplayEventLog(raw []byte) (Replay, error) {
-	if len(raw) == 0 {
-		return nil, fmt.Errorf("event log is empty")
-	}
-	if len(raw) > MaxEventLogSize {
-		return nil, fmt.Errorf("event log is %d bytes; at most %d are read", len(raw), MaxEventLogSize)
-	}
-	el, err := tcg.ParseEventLog(raw, tcg.ParseOpts{AllowPadding: true})
+	el, err := parseForReplay(raw)
 	if err != nil {
-		return nil, fmt.Errorf("parsing event log: %w", err)
+		return nil, err
 	}
 	out := Replay{}
 	for name, alg := range bankHashes {
@@ -116,6 +110,21 @@ func ReplayEventLog(raw []byte) (Replay, error) {
 		return nil, fmt.Errorf("event log has no measured events")
 	}
 	return out, nil
+}
+
+// parseForReplay bounds and parses a firmware event log for replay.
+func parseForReplay(raw []byte) (*tcg.EventLog, error) {
+	if len(raw) == 0 {
+		return nil, fmt.Errorf("event log is empty")
+	}
+	if len(raw) > MaxEventLogSize {
+		return nil, fmt.Errorf("event log is %d bytes; at most %d are read", len(raw), MaxEventLogSize)
+	}
+	el, err := tcg.ParseEventLog(raw, tcg.ParseOpts{AllowPadding: true})
+	if err != nil {
+		return nil, fmt.Errorf("parsing event log: %w", err)
+	}
+	return el, nil
 }
 
 func containsAlg(algs []register.HashAlg, a register.HashAlg) bool {

@@ -3,7 +3,6 @@ package policy
 import (
 	"fmt"
 
-	"github.com/google/go-eventlog/tcg"
 )
 
 // ReplayCompat names a replay semantics other than the TCG specification's,
@@ -39,15 +38,9 @@ func ReplayEventLogCompat(raw []byte, compat ReplayCompat) (Replay, error) {
 	default:
 		return nil, fmt.Errorf("unknown replay compatibility %q; known: %q", compat, CompatTPM2Tools54)
 	}
-	if len(raw) == 0 {
-		return nil, fmt.Errorf("event log is empty")
-	}
-	if len(raw) > MaxEventLogSize {
-		return nil, fmt.Errorf("event log is %d bytes; at most %d are read", len(raw), MaxEventLogSize)
-	}
-	el, err := tcg.ParseEventLog(raw, tcg.ParseOpts{AllowPadding: true})
+	el, err := parseForReplay(raw)
 	if err != nil {
-		return nil, fmt.Errorf("parsing event log: %w", err)
+		return nil, err
 	}
 	out := Replay{}
 	for name, alg := range bankHashes {

@@ -161,7 +161,13 @@ func (s *Store) RevokeCredentialsOf(ctx context.Context, sub string, agent bool,
 		}
 		live = append(live, r)
 	}
-	out := live[:0]
+	return commitRevocations(ctx, tx, live)
+}
+
+// commitRevocations inserts the entries (skipping credentials already
+// revoked), commits, and returns the new entries in feed order.
+func commitRevocations(ctx context.Context, tx *sql.Tx, live []Revocation) ([]Revocation, error) {
+	var out []Revocation
 	for _, r := range live {
 		id, err := insertRevocation(ctx, tx, r)
 		if err != nil {
@@ -387,19 +393,5 @@ func (s *Store) RevokeCredentialsOfDelegation(ctx context.Context, delegation st
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	var out []Revocation
-	for _, r := range live {
-		id, err := insertRevocation(ctx, tx, r)
-		if err != nil {
-			return nil, err
-		}
-		if id != 0 {
-			r.ID = id
-			out = append(out, r)
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("revoking credentials: %w", err)
-	}
-	return out, nil
+	return commitRevocations(ctx, tx, live)
 }
