@@ -2,7 +2,6 @@ package policy
 
 import (
 	"fmt"
-
 )
 
 // ReplayCompat names a replay semantics other than the TCG specification's,
