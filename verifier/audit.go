@@ -167,6 +167,7 @@ func (s *Server) auditRefusal(ctx context.Context, raw []byte, out *appraisal.Ou
 	}
 	// A refusal is recorded even when the client has gone away.
 	ctx = context.WithoutCancel(ctx)
+	s.appendQueued(ctx)
 	if _, err := s.record(ctx, s.attestationRecord(out, digest, refusal)); err != nil {
 		s.log.ErrorContext(ctx, "attestation refusal not recorded in the audit log", "err", err, "reason", attest.ReasonOf(refusal))
 	}
@@ -216,7 +217,12 @@ func (s *Server) drainAuditOutbox(ctx context.Context) {
 	}
 }
 
+// appendQueued appends what the outbox holds. Attestations call it before
+// their own record; the drain loop, every second. s.outboxMu keeps two
+// callers from appending the same entry.
 func (s *Server) appendQueued(ctx context.Context) {
+	s.outboxMu.Lock()
+	defer s.outboxMu.Unlock()
 	queued, err := s.store.QueuedAuditRecords(ctx, 100)
 	if err != nil {
 		if ctx.Err() == nil {

@@ -197,6 +197,9 @@ func (s *Server) issue(ctx context.Context, raw []byte, out *appraisal.Outcome, 
 	if err != nil {
 		return nil, nil, &attest.Error{Reason: attest.ReasonUnavailable, Detail: "the evidence cannot be archived; no credential is issued without it", Err: err}
 	}
+	// Operator changes the CLI queued (an enrollment, say) come first in
+	// the log, so that auditors see them before the attestations they let in.
+	s.appendQueued(ctx)
 	rec := s.attestationRecord(out, digest, nil)
 	rec.Credential = &audit.Credential{ID: c.ID, Subject: c.Subject, Audience: c.Audience, Scope: c.Scope, Expiry: c.Expiry, SingleUse: c.SingleUse}
 	idx, err := s.record(context.WithoutCancel(ctx), rec)

@@ -152,6 +152,7 @@ type Server struct {
 
 	closeOnce sync.Once
 	closeErr  error
+	outboxMu  sync.Mutex // serialises appending the CLI's queued audit records
 
 	monitor   *monitor.Monitor
 	feed      *feedBroker

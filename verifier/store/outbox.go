@@ -33,9 +33,11 @@ func (s *Store) QueueAuditRecord(ctx context.Context, record []byte, at time.Tim
 	return nil
 }
 
+const sqlQueuedAuditRecords = `SELECT id, record, created_at FROM audit_outbox ORDER BY id LIMIT ?`
+
 // QueuedAuditRecords returns up to limit queued records, oldest first.
 func (s *Store) QueuedAuditRecords(ctx context.Context, limit int) ([]QueuedRecord, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, record, created_at FROM audit_outbox ORDER BY id LIMIT ?`, limit)
+	rows, err := s.stmt(sqlQueuedAuditRecords).QueryContext(ctx, limit)
 	if err != nil {
 		return nil, fmt.Errorf("reading the audit outbox: %w", err)
 	}

@@ -38,7 +38,7 @@ type Store struct {
 var hotStatements = []string{
 	sqlPutNonce, sqlConsumeNonce, enrollmentSelect + ` WHERE ak_digest = ?`, sqlRecordCredential,
 	delegationSelect + ` WHERE id = ?`, sqlConsumeCredential,
-	sqlActiveQuarantine, sqlAgentRevoked, sqlRecordAgentSeen, sqlCredentialRevoked,
+	sqlActiveQuarantine, sqlAgentRevoked, sqlRecordAgentSeen, sqlCredentialRevoked, sqlQueuedAuditRecords,
 }
 
 // stmt returns the prepared form of a hot statement.
