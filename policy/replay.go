@@ -97,10 +97,7 @@ func ReplayEventLog(raw []byte) (Replay, error) {
 					cur[h.Size()-1] = locality
 				}
 			}
-			hh := h.New()
-			hh.Write(cur)
-			hh.Write(d)
-			pcrs[idx] = hh.Sum(nil)
+			pcrs[idx] = extendPCR(h, cur, d)
 		}
 		if len(pcrs) > 0 {
 			out[name] = pcrs
@@ -110,6 +107,14 @@ func ReplayEventLog(raw []byte) (Replay, error) {
 		return nil, fmt.Errorf("event log has no measured events")
 	}
 	return out, nil
+}
+
+// extendPCR returns H(cur ‖ digest), what TPM2_PCR_Extend leaves in a PCR.
+func extendPCR(h crypto.Hash, cur, digest []byte) []byte {
+	hh := h.New()
+	hh.Write(cur)
+	hh.Write(digest)
+	return hh.Sum(nil)
 }
 
 // parseForReplay bounds and parses a firmware event log for replay.

@@ -64,10 +64,7 @@ func ReplayEventLogCompat(raw []byte, compat ReplayCompat) (Replay, error) {
 			if !ok {
 				cur = make([]byte, h.Size())
 			}
-			hh := h.New()
-			hh.Write(cur)
-			hh.Write(d)
-			pcrs[idx] = hh.Sum(nil)
+			pcrs[idx] = extendPCR(h, cur, d)
 		}
 		if len(pcrs) > 0 {
 			out[name] = pcrs
