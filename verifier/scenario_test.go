@@ -1,7 +1,6 @@
 package verifier_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/x509"
@@ -13,8 +12,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -34,48 +31,20 @@ import (
 // "rebooted" into another workload.
 type swtpmMachine struct {
 	t     *testing.T
-	bin   string
 	state string
-	cmd   *exec.Cmd
-	spec  string
+	tpm   *testenv.SWTPM
 }
 
 func newSWTPMMachine(t *testing.T) *swtpmMachine {
-	return &swtpmMachine{t: t, bin: testenv.LookTool(t, "swtpm", "swtpm"), state: t.TempDir()}
+	return &swtpmMachine{t: t, state: t.TempDir()}
 }
 
 // boot (re)starts swtpm, replays the firmware log and measures img.
 func (m *swtpmMachine) boot(ctx context.Context, img agentside.Workload) (*agentside.TPM, *agentside.Agent) {
 	t := m.t
 	m.stop()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	m.cmd = exec.Command(m.bin, "socket", "--tpm2",
-		"--server", "type=tcp,bindaddr=127.0.0.1,port="+strconv.Itoa(port),
-		"--ctrl", "type=tcp,bindaddr=127.0.0.1,port="+strconv.Itoa(port+1),
-		"--tpmstate", "dir="+m.state, "--flags", "not-need-init,startup-clear")
-	var stderr bytes.Buffer
-	m.cmd.Stderr = &stderr
-	if err := m.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	for i := 0; ; i++ {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			break
-		}
-		if i == 200 {
-			t.Fatalf("swtpm does not listen on %s: %s", addr, stderr.String())
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	m.spec = "swtpm:" + addr
-	tpm, err := agentside.Open(ctx, m.spec, agentside.OpenOptions{})
+	m.tpm = testenv.StartSWTPM(t, m.state)
+	tpm, err := agentside.Open(ctx, m.tpm.Spec, agentside.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,10 +66,9 @@ func (m *swtpmMachine) boot(ctx context.Context, img agentside.Workload) (*agent
 }
 
 func (m *swtpmMachine) stop() {
-	if m.cmd != nil {
-		m.cmd.Process.Kill()
-		m.cmd.Wait()
-		m.cmd = nil
+	if m.tpm != nil {
+		m.tpm.Stop()
+		m.tpm = nil
 	}
 }
 
@@ -302,7 +270,7 @@ func TestMisbehavingAgentScenario(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tpmA.Close()
+	t.Cleanup(func() { tpmA.Close() })
 	logBytes, _ := os.ReadFile(bootLog)
 	if err := tpmA.Boot(logBytes); err != nil {
 		t.Fatal(err)
@@ -314,7 +282,7 @@ func TestMisbehavingAgentScenario(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer good.Close()
+	t.Cleanup(func() { good.Close() })
 	enroll(good)
 	goodCred, err := good.AttestIssued(ctx, client, goodReq)
 	if err != nil {
@@ -330,6 +298,10 @@ func TestMisbehavingAgentScenario(t *testing.T) {
 	stopGood := make(chan struct{})
 	var goodDone sync.WaitGroup
 	goodDone.Add(1)
+	stopGoodOnce := sync.OnceFunc(func() { close(stopGood); goodDone.Wait() })
+	// A failing step ends the test early: the good agent must stop
+	// before the test does (a goroutine may not report after it).
+	t.Cleanup(stopGoodOnce)
 	go func() {
 		defer goodDone.Done()
 		for i := 0; ; i++ {
@@ -466,8 +438,7 @@ func TestMisbehavingAgentScenario(t *testing.T) {
 	}
 
 	// The good agent was never flagged, refused or held.
-	close(stopGood)
-	goodDone.Wait()
+	stopGoodOnce()
 	if q, _ := srv.Store().ActiveQuarantine(ctx, goodSub, akDigest(t, good), demoImage.ImageDigest); q != nil {
 		t.Errorf("the good agent is quarantined: %+v", q)
 	}

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -22,7 +23,15 @@ type SWTPM struct {
 	DataPort, CtrlPort int
 	// StateDir is swtpm's --tpmstate directory.
 	StateDir string
+
+	stopOnce sync.Once
+	stop     func()
 }
+
+// Stop kills swtpm and waits for it to exit; the state directory stays, so
+// StartSWTPM on it again is a reboot of the same TPM. Stop is idempotent and
+// also runs at the end of the test.
+func (s *SWTPM) Stop() { s.stopOnce.Do(s.stop) }
 
 // TCTI returns the tpm2-tools TCTI string for this swtpm
 // (TPM2TOOLS_TCTI, tpm2-tools' -T).
@@ -37,6 +46,10 @@ var portMu sync.Mutex
 // and control channel) with state in stateDir (a fresh temporary directory
 // when empty) and --flags not-need-init,startup-clear. It skips the test
 // without swtpm (fails in CI).
+//
+// Free ports are only free until someone else binds them: other test
+// binaries run in parallel and pick ports too. When swtpm exits because a
+// port was taken meanwhile, StartSWTPM tries again on other ports.
 func StartSWTPM(t testing.TB, stateDir string) *SWTPM {
 	t.Helper()
 	bin := LookTool(t, "swtpm", "swtpm")
@@ -48,35 +61,50 @@ func StartSWTPM(t testing.TB, stateDir string) *SWTPM {
 	for attempt := 0; ; attempt++ {
 		// tpm2-tools' swtpm TCTI expects the control channel on the
 		// data port + 1.
-		data := freePortPair(t)
-		ctrl := data + 1
-		s := &SWTPM{Host: "127.0.0.1", DataPort: data, CtrlPort: ctrl, StateDir: stateDir}
-		s.Spec = "swtpm:" + net.JoinHostPort(s.Host, strconv.Itoa(data))
-		cmd := exec.Command(bin, "socket", "--tpm2",
-			"--server", "type=tcp,bindaddr=127.0.0.1,port="+strconv.Itoa(data),
-			"--ctrl", "type=tcp,bindaddr=127.0.0.1,port="+strconv.Itoa(ctrl),
-			"--tpmstate", "dir="+stateDir,
-			"--flags", "not-need-init,startup-clear")
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("starting swtpm: %v", err)
+		s, stderr, err := startSWTPMOn(bin, stateDir, freePortPair(t))
+		if err != nil {
+			t.Fatal(err)
 		}
-		exited := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(exited) }()
-		stop := func() {
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		if waitListening(net.JoinHostPort(s.Host, strconv.Itoa(data)), exited) {
-			t.Cleanup(stop)
+		if s != nil {
+			t.Cleanup(s.Stop)
 			return s
 		}
-		stop()
-		if attempt == 3 {
-			t.Fatalf("swtpm does not listen on 127.0.0.1:%d: %s", data, stderr.String())
+		if attempt == 9 {
+			t.Fatalf("swtpm did not start in 10 attempts on free ports; its last words: %s", stderr)
 		}
 	}
+}
+
+// startSWTPMOn runs swtpm with its data channel on port data and its control
+// channel on data+1. It returns nil and swtpm's stderr when swtpm exited or
+// did not accept connections on both ports within 5 s (a port was taken).
+func startSWTPMOn(bin, stateDir string, data int) (*SWTPM, string, error) {
+	ctrl := data + 1
+	s := &SWTPM{Host: "127.0.0.1", DataPort: data, CtrlPort: ctrl, StateDir: stateDir}
+	dataAddr := net.JoinHostPort(s.Host, strconv.Itoa(data))
+	s.Spec = "swtpm:" + dataAddr
+	cmd := exec.Command(bin, "socket", "--tpm2",
+		"--server", "type=tcp,bindaddr=127.0.0.1,port="+strconv.Itoa(data),
+		"--ctrl", "type=tcp,bindaddr=127.0.0.1,port="+strconv.Itoa(ctrl),
+		"--tpmstate", "dir="+stateDir,
+		"--flags", "not-need-init,startup-clear")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return nil, "", fmt.Errorf("starting swtpm: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	stop := func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+	if waitListening(dataAddr, exited) && waitListening(net.JoinHostPort(s.Host, strconv.Itoa(ctrl)), exited) {
+		s.stop = stop
+		return s, "", nil
+	}
+	stop()
+	return nil, stderr.String(), nil
 }
 
 // freePortPair returns a loopback port P such that P and P+1 were free a
