@@ -208,10 +208,26 @@ func TestRemoteAuthorizer(t *testing.T) {
 		t.Fatalf("question %+v", q)
 	}
 
-	dec.decision = Decision{Decision: Deny, Reasons: []DecisionReason{{Reason: ReasonDelegationRevoked, Detail: "delegation dlg_x was revoked"}}}
-	resp, p = do(t, rp.request(t, http.MethodGet, "/v1/docs/customer-A/r1", nil, rp.ag.key))
-	if resp.StatusCode != http.StatusForbidden || p.Reason != ReasonDelegationRevoked || !strings.Contains(p.Detail, "dlg_x") {
-		t.Fatalf("deny: %d %+v", resp.StatusCode, p)
+	// A refusal of the credential itself is 401 whichever path refused
+	// (the verifier's decision may know of a revocation before the relying
+	// party's feed does); a refusal of the request is 403.
+	for _, tc := range []struct {
+		reason Reason
+		status int
+	}{
+		{ReasonDelegationRevoked, http.StatusForbidden},
+		{ReasonPolicyDenied, http.StatusForbidden},
+		{ReasonAgentQuarantined, http.StatusForbidden},
+		{ReasonCredentialRevoked, http.StatusUnauthorized},
+		{ReasonCredentialReused, http.StatusUnauthorized},
+		{ReasonCredentialExpired, http.StatusUnauthorized},
+		{ReasonPoPReplayed, http.StatusUnauthorized},
+	} {
+		dec.decision = Decision{Decision: Deny, Reasons: []DecisionReason{{Reason: tc.reason, Detail: "refused by dlg_x"}}}
+		resp, p = do(t, rp.request(t, http.MethodGet, "/v1/docs/customer-A/r1", nil, rp.ag.key))
+		if resp.StatusCode != tc.status || p.Reason != tc.reason || !strings.Contains(p.Detail, "dlg_x") {
+			t.Errorf("deny %s: %d %+v, want %d", tc.reason, resp.StatusCode, p, tc.status)
+		}
 	}
 
 	verifier.Close()

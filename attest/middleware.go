@@ -181,13 +181,10 @@ func (m *middleware) check(r *http.Request) (*Claims, int, error) {
 	if m.opts.Authorize != nil {
 		if err := m.opts.Authorize(ctx, c, r); err != nil {
 			var e *Error
-			if errors.As(err, &e) {
-				if e.Reason == ReasonUnavailable {
-					return c, http.StatusServiceUnavailable, err
-				}
-				return c, http.StatusForbidden, err
+			if !errors.As(err, &e) {
+				return c, http.StatusForbidden, &Error{Reason: ReasonScopeInsufficient, Detail: "the credential does not allow this request", Err: err}
 			}
-			return c, http.StatusForbidden, &Error{Reason: ReasonScopeInsufficient, Detail: "the credential does not allow this request", Err: err}
+			return c, authorizeStatus(e.Reason), err
 		}
 	}
 	if c.SingleUse {
@@ -313,6 +310,30 @@ func (m *middleware) target(r *http.Request) string {
 		ru = r.URL.RequestURI()
 	}
 	return m.origin + ru
+}
+
+// authorizeStatus maps a refusal of the Authorize hook to its HTTP status.
+// A refusal of the credential itself (revoked, reused, expired: the agent
+// must attest again) is 401, the status this middleware gives the same
+// reason when it finds it without the hook; the verifier's decision
+// (POST /v1/authorize) may be first to know of a revocation, and the agent
+// must see the same answer whichever path refused. Every other refusal
+// (delegation, intent, policy, environment, quarantine) is 403: the
+// credential is genuine, the request is not allowed.
+func authorizeStatus(r Reason) int {
+	switch r {
+	case ReasonUnavailable, ReasonPoPCacheFull:
+		return http.StatusServiceUnavailable
+	case ReasonInternal:
+		return http.StatusInternalServerError
+	case ReasonCredentialMissing, ReasonCredentialMalformed, ReasonCredentialKeyUnknown, ReasonCredentialAlg,
+		ReasonCredentialSignature, ReasonCredentialExpired, ReasonCredentialNotYetValid, ReasonCredentialAudience,
+		ReasonCredentialProfile, ReasonCredentialRevoked, ReasonCredentialReused,
+		ReasonPoPMissing, ReasonPoPMalformed, ReasonPoPSignature, ReasonPoPReplayed, ReasonPoPStale,
+		ReasonPoPTarget, ReasonPoPBody, ReasonPoPCredential:
+		return http.StatusUnauthorized
+	}
+	return http.StatusForbidden
 }
 
 // statusFor maps a verification failure to its HTTP status.

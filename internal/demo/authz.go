@@ -114,7 +114,7 @@ func (r *run) authzSteps(ctx context.Context, client *agentside.Client, cred []b
 	if err != nil {
 		return err
 	}
-	r.step("reuse", code == http.StatusForbidden && reason == attest.ReasonCredentialReused, reason, start, "the same elevation used for a second PUT → %d %s", code, reason)
+	r.step("reuse", code == http.StatusUnauthorized && reason == attest.ReasonCredentialReused, reason, start, "the same elevation used for a second PUT → %d %s", code, reason)
 
 	start = time.Now()
 	if _, err := alice.SetStatus(ctx, dlgID, "revoke", "task finished"); err != nil {
