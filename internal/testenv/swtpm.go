@@ -2,7 +2,9 @@ package testenv
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -39,116 +41,124 @@ func (s *SWTPM) TCTI() string {
 	return "swtpm:host=" + s.Host + ",port=" + strconv.Itoa(s.DataPort)
 }
 
-// portMu keeps two tests of one process from picking the same free ports.
-var portMu sync.Mutex
-
-// StartSWTPM runs "swtpm socket --tpm2" on two free loopback ports (data
-// and control channel) with state in stateDir (a fresh temporary directory
-// when empty) and --flags not-need-init,startup-clear. It skips the test
-// without swtpm (fails in CI).
+// StartSWTPM runs "swtpm socket --tpm2" on two adjacent loopback ports
+// (data and control channel) with state in stateDir (a fresh temporary
+// directory when empty) and --flags not-need-init,startup-clear. It skips the
+// test without swtpm (fails in CI).
 //
-// Free ports are only free until someone else binds them: other test
-// binaries run in parallel and pick ports too. When swtpm exits because a
-// port was taken meanwhile, StartSWTPM tries again on other ports.
+// Other test binaries pick free ports too, and a port picked as free can be
+// taken before swtpm binds it (this once failed in CI). So the test binds the
+// control socket itself and hands it to swtpm (fd=3); swtpm answers on it
+// only once it has bound its data port, so an answer proves both ports are
+// swtpm's. swtpm takes its data port by number (with fd= it expects a
+// connected client, not a listener): when that port was taken, swtpm exits
+// and StartSWTPM tries again on other ports.
 func StartSWTPM(t testing.TB, stateDir string) *SWTPM {
 	t.Helper()
 	bin := LookTool(t, "swtpm", "swtpm")
 	if stateDir == "" {
 		stateDir = t.TempDir()
 	}
-	portMu.Lock()
-	defer portMu.Unlock()
-	for attempt := 0; ; attempt++ {
-		// tpm2-tools' swtpm TCTI expects the control channel on the
-		// data port + 1.
-		s, stderr, err := startSWTPMOn(bin, stateDir, freePortPair(t))
-		if err != nil {
-			t.Fatal(err)
+	var err error
+	for range 10 {
+		var data, ctrl *net.TCPListener
+		if data, ctrl, err = listenPair(); err != nil {
+			break
 		}
-		if s != nil {
+		port := data.Addr().(*net.TCPAddr).Port
+		data.Close()
+		var s *SWTPM
+		if s, err = startSWTPM(bin, stateDir, port, ctrl); err == nil {
 			t.Cleanup(s.Stop)
 			return s
 		}
-		if attempt == 9 {
-			t.Fatalf("swtpm did not start in 10 attempts on free ports; its last words: %s", stderr)
-		}
 	}
+	t.Fatal(err)
+	return nil
 }
 
-// startSWTPMOn runs swtpm with its data channel on port data and its control
-// channel on data+1. It returns nil and swtpm's stderr when swtpm exited or
-// did not accept connections on both ports within 5 s (a port was taken).
-func startSWTPMOn(bin, stateDir string, data int) (*SWTPM, string, error) {
-	ctrl := data + 1
-	s := &SWTPM{Host: "127.0.0.1", DataPort: data, CtrlPort: ctrl, StateDir: stateDir}
-	dataAddr := net.JoinHostPort(s.Host, strconv.Itoa(data))
-	s.Spec = "swtpm:" + dataAddr
+// listenPair binds two adjacent loopback ports, P and P+1: tpm2-tools'
+// swtpm TCTI expects the control channel on the data port + 1.
+func listenPair() (data, ctrl *net.TCPListener, err error) {
+	for range 100 {
+		l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			return nil, nil, err
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		if p < 65535 {
+			if l2, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: p + 1}); err == nil {
+				return l, l2, nil
+			}
+		}
+		l.Close()
+	}
+	return nil, nil, errors.New("no two adjacent free loopback ports in 100 tries")
+}
+
+// startSWTPM runs swtpm with its data channel on port data and its control
+// channel on the listening socket ctrl (this
+// process's copy is closed), and waits until the control channel answers.
+func startSWTPM(bin, stateDir string, data int, ctrl *net.TCPListener) (*SWTPM, error) {
+	s := &SWTPM{Host: "127.0.0.1", DataPort: data, CtrlPort: ctrl.Addr().(*net.TCPAddr).Port, StateDir: stateDir}
+	s.Spec = "swtpm:" + net.JoinHostPort(s.Host, strconv.Itoa(s.DataPort))
+	ctrlFile, err := ctrl.File() // a dup, inherited by swtpm as fd 3
+	ctrl.Close()
+	if err != nil {
+		return nil, fmt.Errorf("passing the control socket to swtpm: %w", err)
+	}
+	defer ctrlFile.Close()
 	cmd := exec.Command(bin, "socket", "--tpm2",
-		"--server", "type=tcp,bindaddr=127.0.0.1,port="+strconv.Itoa(data),
-		"--ctrl", "type=tcp,bindaddr=127.0.0.1,port="+strconv.Itoa(ctrl),
+		"--server", "type=tcp,bindaddr=127.0.0.1,port="+strconv.Itoa(s.DataPort),
+		"--ctrl", "type=tcp,fd=3",
 		"--tpmstate", "dir="+stateDir,
 		"--flags", "not-need-init,startup-clear")
+	cmd.ExtraFiles = []*os.File{ctrlFile}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
-		return nil, "", fmt.Errorf("starting swtpm: %w", err)
+		return nil, fmt.Errorf("starting swtpm: %w", err)
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
-	stop := func() {
+	s.stop = func() {
 		_ = cmd.Process.Kill()
 		<-exited
 	}
-	if waitListening(dataAddr, exited) && waitListening(net.JoinHostPort(s.Host, strconv.Itoa(ctrl)), exited) {
-		s.stop = stop
-		return s, "", nil
+	if err := probeControl(net.JoinHostPort(s.Host, strconv.Itoa(s.CtrlPort)), exited); err != nil {
+		s.stop()
+		return nil, fmt.Errorf("swtpm on %s did not come up: %w; its stderr: %s", s.Spec, err, stderr.String())
 	}
-	stop()
-	return nil, stderr.String(), nil
+	return s, nil
 }
 
-// freePortPair returns a loopback port P such that P and P+1 were free a
-// moment ago.
-func freePortPair(t testing.TB) int {
-	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+// probeControl asks swtpm's control channel for its capabilities
+// (CMD_GET_CAPABILITY, 1) and waits up to 10 s for the answer, or for the
+// process to exit.
+func probeControl(addr string, exited <-chan struct{}) error {
+	answered := make(chan error, 1)
+	go func() {
+		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
 		if err != nil {
-			t.Fatal(err)
+			answered <- err
+			return
 		}
-		p := l.Addr().(*net.TCPAddr).Port
-		if p >= 65535 {
-			l.Close()
-			continue
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte{0, 0, 0, 1}); err != nil {
+			answered <- err
+			return
 		}
-		l2, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p+1)))
-		l.Close()
-		if err == nil {
-			l2.Close()
-			return p
-		}
+		var caps [8]byte
+		_, err = io.ReadFull(c, caps[:])
+		answered <- err
+	}()
+	select {
+	case err := <-answered:
+		return err
+	case <-exited:
+		return errors.New("swtpm exited")
 	}
-	t.Fatal("no two adjacent free loopback ports")
-	return 0
-}
-
-// waitListening waits up to 5 s for addr to accept connections, or for the
-// process to exit (a port taken meanwhile).
-func waitListening(addr string, exited <-chan struct{}) bool {
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case <-exited:
-			return false
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			c.Close()
-			return true
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return false
 }
 
 // SWTPMSetupCA is the local CA swtpm_setup --create-ek-cert used.

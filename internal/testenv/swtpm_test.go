@@ -2,41 +2,12 @@ package testenv
 
 import (
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 )
-
-// A port taken between picking it and swtpm binding it is the race other
-// test binaries cause; startSWTPMOn must notice (swtpm exits) rather than
-// report a TPM that is not there, so StartSWTPM can try other ports.
-func TestStartSWTPMOnTakenPort(t *testing.T) {
-	bin := LookTool(t, "swtpm", "swtpm")
-	for _, tc := range []struct {
-		name  string
-		taken int // 0: data port, 1: control port
-	}{{"data port taken", 0}, {"control port taken", 1}} {
-		t.Run(tc.name, func(t *testing.T) {
-			port := freePortPair(t)
-			l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+tc.taken)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer l.Close()
-			s, stderr, err := startSWTPMOn(bin, t.TempDir(), port)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if s != nil {
-				s.Stop()
-				t.Fatalf("swtpm reported as started on port %d while port %d is taken", port, port+tc.taken)
-			}
-			if !strings.Contains(stderr, "Address already in use") {
-				t.Errorf("stderr does not say why swtpm exited: %q", stderr)
-			}
-		})
-	}
-}
 
 func TestStartSWTPMRestartKeepsState(t *testing.T) {
 	dir := t.TempDir()
@@ -44,12 +15,56 @@ func TestStartSWTPMRestartKeepsState(t *testing.T) {
 	a.Stop()
 	a.Stop() // idempotent
 	b := StartSWTPM(t, dir)
-	if b.StateDir != dir {
-		t.Fatalf("state dir %q, want %q", b.StateDir, dir)
+	if b.StateDir != dir || b.CtrlPort != b.DataPort+1 {
+		t.Fatalf("swtpm %+v, want state in %q and the control port next to the data port", b, dir)
 	}
-	c, err := net.Dial("tcp", net.JoinHostPort(b.Host, strconv.Itoa(b.CtrlPort)))
+	if _, err := os.Stat(filepath.Join(dir, "tpm2-00.permall")); err != nil {
+		t.Fatalf("swtpm kept no state: %v", err)
+	}
+	c, err := net.Dial("tcp", net.JoinHostPort(b.Host, strconv.Itoa(b.DataPort)))
 	if err != nil {
-		t.Fatalf("restarted swtpm does not listen on its control port: %v", err)
+		t.Fatalf("restarted swtpm does not listen: %v", err)
 	}
 	c.Close()
+}
+
+// A swtpm that cannot start is reported with its own words, not as a TPM
+// that is there — in particular when another process took its data port
+// between picking and binding it.
+func TestStartSWTPMReportsFailure(t *testing.T) {
+	bin := LookTool(t, "swtpm", "swtpm")
+	notADir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notADir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		stateDir string
+		takeData bool
+		want     string
+	}{
+		{"state dir is a file", notADir, false, "did not come up"},
+		{"data port taken", t.TempDir(), true, "Address already in use"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data, ctrl, err := listenPair()
+			if err != nil {
+				t.Fatal(err)
+			}
+			port := data.Addr().(*net.TCPAddr).Port
+			if tc.takeData {
+				defer data.Close() // someone else's listener
+			} else {
+				data.Close()
+			}
+			s, err := startSWTPM(bin, tc.stateDir, port, ctrl)
+			if err == nil {
+				s.Stop()
+				t.Fatal("reported as started")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error does not say %q: %v", tc.want, err)
+			}
+		})
+	}
 }
