@@ -188,9 +188,9 @@ func NewRemoteAuthorizer(opts RemoteAuthorizerOptions) (func(ctx context.Context
 	if opts.Audience == "" {
 		return nil, errors.New("remote authorizer: Audience is required")
 	}
-	u, err := url.Parse(opts.Verifier)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("remote authorizer: Verifier %q must be http(s)://host[:port]", opts.Verifier)
+	u, err := ServiceURL("remote authorizer: Verifier", opts.Verifier)
+	if err != nil {
+		return nil, err
 	}
 	endpoint := strings.TrimSuffix(u.String(), "/") + AuthorizePath
 	o, err := url.Parse(opts.Origin)

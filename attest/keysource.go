@@ -3,11 +3,9 @@ package attest
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"mime"
 	"net/http"
-	"net/url"
 	"sync"
 	"time"
 )
@@ -93,15 +91,12 @@ type RemoteKeys struct {
 
 // NewRemoteKeys checks opts and returns the source. It does not fetch yet.
 func NewRemoteKeys(opts RemoteKeysOptions) (*RemoteKeys, error) {
-	u, err := url.Parse(opts.URL)
-	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return nil, fmt.Errorf("remote keys: URL %q is not an absolute http(s) URL", opts.URL)
+	u, err := ServiceURL("remote keys", opts.URL)
+	if err != nil {
+		return nil, err
 	}
 	if u.Path == "" || u.Path == "/" {
 		u.Path = "/v1/keys"
-	}
-	if u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
-		return nil, fmt.Errorf("remote keys: URL %q must use https (plain http is allowed for loopback only)", opts.URL)
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultKeysTimeout
@@ -128,10 +123,6 @@ func NewRemoteKeys(opts RemoteKeysOptions) (*RemoteKeys, error) {
 		}
 	}
 	return &RemoteKeys{url: u.String(), client: client, opts: opts}, nil
-}
-
-func isLoopbackHost(h string) bool {
-	return h == "localhost" || h == "127.0.0.1" || h == "::1"
 }
 
 // KeySet returns the cached set, fetching it first if there is none or it is

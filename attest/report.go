@@ -5,11 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"sync/atomic"
 	"time"
 )
@@ -89,12 +87,9 @@ type Reporter struct {
 
 // NewReporter returns a reporter; start it with Run.
 func NewReporter(opts ReporterOptions) (*Reporter, error) {
-	u, err := url.Parse(opts.URL)
-	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return nil, fmt.Errorf("reporter: URL %q is not an absolute http(s) URL", opts.URL)
-	}
-	if u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
-		return nil, fmt.Errorf("reporter: URL %q must use https (plain http is allowed for loopback only)", opts.URL)
+	u, err := ServiceURL("reporter", opts.URL)
+	if err != nil {
+		return nil, err
 	}
 	if opts.Token == "" {
 		return nil, errors.New("reporter: Token is required")

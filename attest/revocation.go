@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -134,12 +133,9 @@ type RevocationFeed struct {
 
 // NewRevocationFeed returns a follower; start it with Run.
 func NewRevocationFeed(opts RevocationFeedOptions) (*RevocationFeed, error) {
-	u, err := url.Parse(opts.URL)
-	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return nil, fmt.Errorf("revocation feed: URL %q is not an absolute http(s) URL", opts.URL)
-	}
-	if u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
-		return nil, fmt.Errorf("revocation feed: URL %q must use https (plain http is allowed for loopback only)", opts.URL)
+	u, err := ServiceURL("revocation feed", opts.URL)
+	if err != nil {
+		return nil, err
 	}
 	u.Path, u.RawQuery = "", ""
 	if opts.MaxStaleness <= 0 {

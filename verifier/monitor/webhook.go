@@ -12,11 +12,11 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/vouch-dev/vouch/attest"
 	"github.com/vouch-dev/vouch/verifier/store"
 )
 
@@ -63,12 +63,8 @@ type webhook struct {
 }
 
 func newWebhook(opts WebhookOptions, st *store.Store, m *metrics, log *slog.Logger, now func() time.Time) (*webhook, error) {
-	u, err := url.Parse(opts.URL)
-	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return nil, fmt.Errorf("webhook: URL %q is not an absolute http(s) URL", opts.URL)
-	}
-	if h := u.Hostname(); u.Scheme == "http" && h != "localhost" && h != "127.0.0.1" && h != "::1" {
-		return nil, fmt.Errorf("webhook: URL %q must use https (plain http is allowed for loopback only)", opts.URL)
+	if _, err := attest.ServiceURL("webhook", opts.URL); err != nil {
+		return nil, err
 	}
 	if len(opts.Secret) < 16 {
 		return nil, errors.New("webhook: the signing secret must be at least 16 bytes")
