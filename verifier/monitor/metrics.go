@@ -18,6 +18,7 @@ type metrics struct {
 	webhook     *prometheus.CounterVec
 	pending     prometheus.Gauge
 	reloads     *prometheus.CounterVec
+	persist     *prometheus.CounterVec
 	auditErrors prometheus.Counter
 }
 
@@ -72,13 +73,17 @@ func newMetrics(reg prometheus.Registerer, queueLen func() float64, agents func(
 			Name: "vouch_monitor_config_reloads_total",
 			Help: "Monitor configuration reloads, by outcome (ok, error).",
 		}, []string{"outcome"}),
+		persist: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vouch_monitor_state_total",
+			Help: "Saves and loads of the monitor's learned state, by outcome (saved, error, skipped-busy, loaded, load-skipped).",
+		}, []string{"outcome"}),
 		auditErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "vouch_monitor_audit_errors_total",
 			Help: "Monitor records the audit log did not take.",
 		}),
 	}
 	reg.MustRegister(m.signals, m.dropped, m.alerts, m.findings, m.revocations, m.quarantines, m.releases, m.actions,
-		m.response, m.webhook, m.pending, m.reloads, m.auditErrors,
+		m.response, m.webhook, m.pending, m.reloads, m.persist, m.auditErrors,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "vouch_monitor_queue_length",
 			Help: "Signals waiting for the monitor.",

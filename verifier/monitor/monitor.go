@@ -68,6 +68,11 @@ type Options struct {
 	// QueueSize bounds the signals waiting for the worker. Default
 	// DefaultQueueSize.
 	QueueSize int
+	// PersistInterval is how often the learned state (baselines, novelty,
+	// risk, machines' last good measurements) is saved to Store; it is
+	// also saved on Close and restored by New. Default
+	// DefaultPersistInterval; negative never saves nor restores.
+	PersistInterval time.Duration
 	// Logger; slog.Default() when nil.
 	Logger *slog.Logger
 	// Registry receives the metrics; none when nil.
@@ -91,6 +96,12 @@ type Monitor struct {
 	cohorts  map[string]*cohortState
 	machines map[string]*good
 	seen     int
+	snapSeq  uint64
+
+	// saving the learned state (persist.go)
+	saves    chan *snapshot
+	saveMu   sync.Mutex
+	savedSeq uint64
 
 	stop context.CancelFunc
 	wg   sync.WaitGroup
@@ -121,6 +132,9 @@ func New(opts Options) (*Monitor, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.PersistInterval == 0 {
+		opts.PersistInterval = DefaultPersistInterval
+	}
 	reg := opts.Registry
 	if reg == nil {
 		reg = prometheus.NewRegistry()
@@ -128,9 +142,15 @@ func New(opts Options) (*Monitor, error) {
 	m := &Monitor{
 		opts: opts, log: opts.Logger, queue: make(chan item, opts.QueueSize),
 		agents: map[string]*agentState{}, cohorts: map[string]*cohortState{}, machines: map[string]*good{},
+		saves: make(chan *snapshot, 1),
 	}
 	m.cfg.Store(opts.Config)
 	m.metrics = newMetrics(reg, func() float64 { return float64(len(m.queue)) }, func() float64 { return float64(m.tracked.Load()) })
+	if opts.PersistInterval > 0 {
+		lctx, lcancel := context.WithTimeout(context.Background(), 30*time.Second)
+		m.load(lctx)
+		lcancel()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m.stop = cancel
 	if opts.Webhook != nil {
@@ -143,13 +163,15 @@ func New(opts Options) (*Monitor, error) {
 		m.wg.Add(1)
 		go func() { defer m.wg.Done(); wh.run(ctx) }()
 	}
-	m.wg.Add(2)
+	m.wg.Add(3)
 	go func() { defer m.wg.Done(); m.run(ctx) }()
+	go func() { defer m.wg.Done(); m.saver(ctx) }()
 	go func() { defer m.wg.Done(); m.auditReleases(ctx) }()
 	return m, nil
 }
 
-// Close stops the monitor's goroutines; signals still queued are dropped.
+// Close stops the monitor's goroutines and saves its learned state; signals
+// still queued are dropped.
 func (m *Monitor) Close() {
 	m.stop()
 	m.wg.Wait()
@@ -204,10 +226,25 @@ func (m *Monitor) Sync(ctx context.Context) error {
 }
 
 func (m *Monitor) run(ctx context.Context) {
+	var persist <-chan time.Time
+	if m.opts.PersistInterval > 0 {
+		t := time.NewTicker(m.opts.PersistInterval)
+		defer t.Stop()
+		persist = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
+			if m.opts.PersistInterval > 0 {
+				sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				if err := m.save(sctx); err != nil {
+					m.log.Error("monitor: learned state not saved at shutdown; the next start is cold", "err", err)
+				}
+				cancel()
+			}
 			return
+		case <-persist:
+			m.queueSave()
 		case it := <-m.queue:
 			if it.barrier != nil {
 				close(it.barrier)

@@ -1,8 +1,8 @@
 // Package store keeps the verifier's state in a real database: challenge
 // nonces, AK enrollments, the credentials it issued, users, delegations and
 // their status events, and the state of continuous monitoring (the
-// revocation feed, quarantines, alerts, the webhook outbox and the agents
-// seen attesting). The embedded default
+// revocation feed, quarantines, alerts, the webhook outbox, the agents
+// seen attesting, and the monitor's learned state). The embedded default
 // is SQLite (modernc.org/sqlite, no cgo, no setup) in the data directory.
 //
 // Every method takes a context and is safe for concurrent use. Operations that
@@ -195,6 +195,8 @@ var migrations = []string{
 	migrationMonitoring,
 	// 5: audit records of the CLI's offline changes, for vouchd to append.
 	migrationAuditOutbox,
+	// 6: the monitor's learned state, saved across restarts.
+	migrationMonitorState,
 }
 
 func (s *Store) migrate(ctx context.Context) error {
