@@ -41,7 +41,7 @@ first use, which the output says). See docs/audit.md.`,
 	}
 	cmd.PersistentFlags().String("log", verifier.DefaultDataDir(), "the log: a vouchd URL, or a verifier data directory")
 	cmd.PersistentFlags().String("pubkey", "", "file with the checkpoint verifier key (note format)")
-	cmd.AddCommand(newAuditVerifyCmd(), newAuditShowCmd(), newAuditProveCmd())
+	cmd.AddCommand(newAuditVerifyCmd(), newAuditShowCmd(), newAuditProveCmd(), newAuditWitnessCmd())
 	return cmd
 }
 
@@ -76,8 +76,9 @@ func newAuditVerifyCmd() *cobra.Command {
 	var state string
 	var reappraise, evidence, asJSON bool
 	var workers int
+	var witnesses, witnessKeys []string
 	cmd := &cobra.Command{
-		Use:   "verify [--log URL|DIR] [--pubkey FILE] [--state FILE] [--reappraise]",
+		Use:   "verify [--log URL|DIR] [--pubkey FILE] [--state FILE] [--reappraise] [--witness URL|FILE --witness-key FILE]",
 		Short: "Verify the whole log: signature, consistency, every entry, tile and record",
 		Long: `verify checks the checkpoint's signature; checks it is consistent with the
 last checkpoint this auditor saw (kept in --state, so a history rewritten or
@@ -88,6 +89,11 @@ evidence file against the digest its record names (--evidence, default on);
 and with --reappraise re-runs the appraisal of every attestation's archived
 evidence against the archived reference set its record names, reporting any
 record whose outcome differs.
+
+With --witness (a witness's URL, or a file holding a checkpoint it cosigned)
+and --witness-key (its public key file), it also checks that the log shown
+here is the history the witness saw, or an extension of it: a log that shows
+different auditors different histories (split-view) is caught.
 
 Every problem is reported with its kind (entry-altered, tile-altered,
 checkpoint-signature, truncated, rewritten, evidence-altered, ...) and the
@@ -101,6 +107,21 @@ updated by a run that found nothing.`,
 				return err
 			}
 			opts.StatePath, opts.Reappraise, opts.Evidence, opts.Workers = state, reappraise, evidence, workers
+			if len(witnesses) > 0 {
+				if len(witnessKeys) == 0 {
+					return errors.New("--witness needs --witness-key: the public key of each witness trusted")
+				}
+				if opts.Witnessed, err = witnessedCheckpoints(cmd.Context(), witnesses); err != nil {
+					return err
+				}
+				for _, f := range witnessKeys {
+					k, err := readKeyFile(f)
+					if err != nil {
+						return fmt.Errorf("--witness-key: %w", err)
+					}
+					opts.WitnessKeys = append(opts.WitnessKeys, k)
+				}
+			}
 			prog := newProgress(cmd.ErrOrStderr(), asJSON)
 			opts.Progress = prog.update
 			rep, err := auditor.Verify(cmd.Context(), opts)
@@ -127,6 +148,8 @@ updated by a run that found nothing.`,
 	f.BoolVar(&evidence, "evidence", true, "check every archived evidence file against its record's digest")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	f.IntVar(&workers, "workers", 0, "entry bundles fetched and hashed in parallel (default: one per CPU)")
+	f.StringSliceVar(&witnesses, "witness", nil, "a witness's URL, or a file with a checkpoint it cosigned (repeatable)")
+	f.StringSliceVar(&witnessKeys, "witness-key", nil, "file with a trusted witness's public key (repeatable)")
 	return cmd
 }
 
@@ -143,6 +166,9 @@ func printAuditReport(w io.Writer, r *auditor.Report) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "evidence   %d archived files checked\n", r.Evidence)
+	for _, v := range r.Witnessed {
+		fmt.Fprintf(w, "witness    %s saw %d entries, root %x\n", v.Witness, v.Size, v.Root)
+	}
 	if r.Skipped != nil {
 		fmt.Fprintf(w, "reappraised %d attestations", r.Reappraised)
 		for _, k := range sortedKeys(r.Skipped) {

@@ -42,6 +42,8 @@ const (
 	FindRefsMissing         = "refs-missing"           // a record's reference set is not archived
 	FindRefsAltered         = "refs-altered"           // an archived reference set does not hash to its id
 	FindReappraisal         = "reappraisal-differs"    // re-running the appraisal gives another outcome
+	FindWitnessSignature    = "witness-signature"      // a witnessed checkpoint does not verify with the log's and a witness's key
+	FindSplitView           = "split-view"             // the log shows this auditor a history a witness did not see
 )
 
 // maxFindings bounds the findings listed; the rest are counted.
@@ -81,6 +83,21 @@ type Options struct {
 	Progress func(done, total uint64)
 	// OnRecord, if set, is called with every decoded record, in order.
 	OnRecord func(index uint64, r *audit.Record)
+	// Witnessed are checkpoints of this log cosigned by witnesses (vouch
+	// audit witness); each must verify with the log's key and one of
+	// WitnessKeys, and the log must be the tree each witness saw or an
+	// extension of it. This catches a log that shows different auditors
+	// different histories, which no single auditor's State can.
+	Witnessed [][]byte
+	// WitnessKeys are the note verifier keys of the witnesses trusted.
+	WitnessKeys []string
+}
+
+// WitnessedView is what one witness saw of the log.
+type WitnessedView struct {
+	Witness string `json:"witness"`
+	Size    uint64 `json:"size"`
+	Root    []byte `json:"root"`
 }
 
 // Report is the outcome of Verify.
@@ -97,6 +114,7 @@ type Report struct {
 	Evidence     uint64            `json:"evidence_checked"`
 	Reappraised  uint64            `json:"reappraised"`
 	Skipped      map[string]uint64 `json:"reappraisal_skipped,omitempty"`
+	Witnessed    []WitnessedView   `json:"witnessed,omitempty"`
 	Findings     []Finding         `json:"findings"`
 	MoreFindings uint64            `json:"findings_not_listed,omitempty"`
 	StateSaved   bool              `json:"state_saved"`
@@ -153,6 +171,7 @@ func Verify(ctx context.Context, opts Options) (*Report, error) {
 	if err := w.walk(ctx); err != nil {
 		return nil, err
 	}
+	w.checkWitnessed(ctx, v)
 	rep.Elapsed = time.Since(start)
 	if s := rep.Elapsed.Seconds(); s > 0 {
 		rep.PerSecond = float64(rep.Records) / s
