@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 )
 
@@ -68,4 +69,34 @@ func TestClientAddrHopBound(t *testing.T) {
 	if got := p.ClientAddr("10.1.2.3:80", []string{xff}); got != netip.MustParseAddr("10.0.0.9") {
 		t.Errorf("ClientAddr = %v, want the last trusted hop walked", got)
 	}
+}
+
+// FuzzClientAddr: whatever the peer address and the header say, the client
+// is the peer unless the peer is a trusted proxy, and otherwise an address
+// that the header holds; nothing panics.
+func FuzzClientAddr(f *testing.F) {
+	f.Add("10.1.2.3:80", "6.6.6.6, 203.0.113.9")
+	f.Add("198.51.100.7:1", "10.0.0.1")
+	f.Add("[2001:db8::1]:443", "[2001:db8:1::7]:443,, ::ffff:10.9.9.9")
+	f.Add("10.0.0.1:1", "10.0.0.2, not-an-ip, 10.0.0.3")
+	p := NewProxies([]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32")})
+	f.Fuzz(func(t *testing.T, remote, xff string) {
+		got := p.ClientAddr(remote, []string{xff})
+		peer := parseHost(remote)
+		if !peer.IsValid() || !p.Trusted(peer) {
+			if got != peer {
+				t.Fatalf("peer %v is not a trusted proxy, yet the client is %v", peer, got)
+			}
+			return
+		}
+		if got == peer {
+			return
+		}
+		for _, item := range strings.Split(xff, ",") {
+			if parseHost(strings.TrimSpace(item)) == got {
+				return
+			}
+		}
+		t.Fatalf("client %v is neither the peer nor in the header %q", got, xff)
+	})
 }
