@@ -179,11 +179,20 @@ func (s *Server) admit(c *rateClass, w http.ResponseWriter, r *http.Request) boo
 		}
 	}
 	w.Header().Set("Retry-After", strconv.Itoa(secs))
-	err := attest.Errorf(attest.ReasonRateLimited,
-		"too many %s requests from %s: the limit is %s per second with bursts of %d per client address (IPv4 address, IPv6 /64); retry after %d s. "+
-			"If many legitimate clients share this address (NAT, a proxy), the verifier's operator can raise the limit (vouchd --rate-%s, --rate-%s-burst) "+
-			"or list the proxy in --rate-trusted-proxies",
-		c.name, who, strconv.FormatFloat(c.lim.Rate(), 'g', -1, 64), c.lim.Burst(), secs, c.name, c.name)
+	rate := strconv.FormatFloat(c.lim.Rate(), 'g', -1, 64)
+	var err error
+	if d.Overflow {
+		err = attest.Errorf(attest.ReasonRateLimited,
+			"too many %s requests: the verifier is tracking as many clients as it can (%d, all active: a flood from many addresses), and newcomers such as %s "+
+				"share one bucket of %s per second with bursts of %d; retry after %d s. The verifier's operator can raise --rate-max-clients; a flood needs an upstream defence",
+			c.name, c.lim.MaxClients(), who, rate, c.lim.Burst(), secs)
+	} else {
+		err = attest.Errorf(attest.ReasonRateLimited,
+			"too many %s requests from %s: the limit is %s per second with bursts of %d per client address (IPv4 address, IPv6 /64); retry after %d s. "+
+				"If many legitimate clients share this address (NAT, a proxy), the verifier's operator can raise the limit (vouchd --rate-%s, --rate-%s-burst) "+
+				"or list the proxy in --rate-trusted-proxies",
+			c.name, who, rate, c.lim.Burst(), secs, c.name, c.name)
+	}
 	attest.WriteProblem(w, attest.ProblemFor(http.StatusTooManyRequests, err))
 	return false
 }

@@ -373,3 +373,28 @@ func authorizeFixture(t *testing.T, srv *verifier.Server) func(t *testing.T) []b
 		return b
 	}
 }
+
+// TestRateLimitTableFull: when every tracked client is active, newcomers
+// share one bucket, and the refusal says so.
+func TestRateLimitTableFull(t *testing.T) {
+	ls := newLimitedServer(t, verifier.RateLimits{Attest: verifier.RateLimit{PerSecond: 1, Burst: 1}, MaxClients: 2})
+	for _, c := range []string{"198.51.100.1:1", "198.51.100.2:1", "198.51.100.3:1"} {
+		if rec := ls.challenge(c); rec.Code != http.StatusCreated {
+			t.Fatalf("%s: %d", c, rec.Code) // the third takes the shared bucket's token
+		}
+	}
+	rec := ls.challenge("198.51.100.4:1")
+	if rec.Code != http.StatusTooManyRequests || !strings.Contains(rec.Body.String(), "--rate-max-clients") {
+		t.Errorf("a fourth client in a full table: %d %s", rec.Code, rec.Body)
+	}
+	ls.challenge("198.51.100.5:1")
+	if n := ls.logs.count("rate limiter full"); n != 1 {
+		t.Errorf("%d warnings about the full table, want 1", n)
+	}
+	// A second later the first clients are idle: newcomers get buckets of
+	// their own again.
+	ls.clock.Advance(time.Second)
+	if rec := ls.challenge("198.51.100.6:1"); rec.Code != http.StatusCreated {
+		t.Errorf("a newcomer once the table has idle clients: %d", rec.Code)
+	}
+}

@@ -136,9 +136,10 @@ func New(o Options) (*Limiter, error) {
 	return l, nil
 }
 
-// Rate and Burst return the limits the Limiter enforces per client.
-func (l *Limiter) Rate() float64 { return l.opts.Rate }
-func (l *Limiter) Burst() int    { return l.opts.Burst }
+// Rate, Burst and MaxClients return the limits the Limiter enforces.
+func (l *Limiter) Rate() float64   { return l.opts.Rate }
+func (l *Limiter) Burst() int      { return l.opts.Burst }
+func (l *Limiter) MaxClients() int { return l.opts.MaxClients }
 
 // Len returns the number of clients tracked.
 func (l *Limiter) Len() int {
