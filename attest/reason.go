@@ -23,6 +23,7 @@ const (
 	ReasonAudienceInvalid      Reason = "audience-invalid"       // missing or unacceptable audience
 	ReasonInternal             Reason = "internal"               // a verifier fault; nothing the caller did
 	ReasonUnavailable          Reason = "unavailable"            // a dependency (store, log) is down; retry later
+	ReasonRateLimited          Reason = "rate-limited"           // too many requests from this client address; retry after Retry-After
 )
 
 // Freshness.

@@ -33,7 +33,7 @@ func BenchmarkAttestAuditCost(b *testing.B) {
 		{"audit=discard", func(c *verifier.Config) { c.Audit = &discardLog{} }},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			e := newEnv(b, demoImage, true, tc.mod)
+			e := newEnv(b, demoImage, true, tc.mod, noRateLimits)
 			h := e.srv.Handler()
 			ctx := context.Background()
 			bodies := make([][]byte, b.N)

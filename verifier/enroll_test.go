@@ -51,6 +51,8 @@ type enrollSetup struct {
 	roots     []*x509.Certificate
 	allowlist [][]byte
 	akRoots   []*x509.Certificate
+	// unlimited turns the per-client rate limits off (benchmarks).
+	unlimited bool
 }
 
 func newEnrollEnv(t testing.TB, s enrollSetup) *enrollEnv {
@@ -74,8 +76,12 @@ func newEnrollEnv(t testing.TB, s enrollSetup) *enrollEnv {
 			eo.EKAllowlist[[32]byte(d)] = true
 		}
 	}
-	srv, err := verifier.New(ctx, verifier.Config{DataDir: t.TempDir(), Refs: verifier.NewRefHolder(refs), Now: clk.Now,
-		Logger: slog.New(slog.DiscardHandler), Enrollment: eo})
+	cfg := verifier.Config{DataDir: t.TempDir(), Refs: verifier.NewRefHolder(refs), Now: clk.Now,
+		Logger: slog.New(slog.DiscardHandler), Enrollment: eo}
+	if s.unlimited {
+		cfg.RateLimits = verifier.NoRateLimits()
+	}
+	srv, err := verifier.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

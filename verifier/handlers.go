@@ -34,7 +34,7 @@ func (s *Server) routes() http.Handler {
 		mux.Handle(pattern, s.instrument(route, h))
 	})
 	if s.tlog != nil {
-		mux.Handle("GET /v1/log/", http.StripPrefix("/v1/log", audit.Handler(s.cfg.DataDir, s.tlog.PublicKey())))
+		mux.Handle("GET /v1/log/", s.limited("log", http.StripPrefix("/v1/log", audit.Handler(s.cfg.DataDir, s.tlog.PublicKey()))))
 	}
 	mux.Handle("GET /v1/revocations", s.instrument("revocations", s.handleRevocations))
 	mux.Handle("GET /v1/revocations/stream", s.instrument("revocations-stream", s.handleRevocationStream))
@@ -294,8 +294,10 @@ func unavailable(err error) error {
 }
 
 // instrument adapts a handler that returns an error: it turns errors into
-// problem documents, recovers panics, and records metrics.
+// problem documents, recovers panics, records metrics, and applies the
+// route's rate limit (rateClassOf) before the handler reads anything.
 func (s *Server) instrument(route string, h func(http.ResponseWriter, *http.Request) error) http.Handler {
+	limit := s.rate.class(route)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rw := &statusWriter{ResponseWriter: w}
@@ -309,6 +311,9 @@ func (s *Server) instrument(route string, h func(http.ResponseWriter, *http.Requ
 			s.metrics.requests.WithLabelValues(route, strconv.Itoa(rw.code())).Inc()
 			s.metrics.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
 		}()
+		if limit != nil && !s.admit(limit, rw, r) {
+			return
+		}
 		if err := h(rw, r); err != nil {
 			if rw.status != 0 {
 				s.log.WarnContext(r.Context(), "error after response started", "route", route, "err", err)
@@ -373,6 +378,8 @@ func StatusFor(r attest.Reason) int {
 		return http.StatusInternalServerError
 	case attest.ReasonUnavailable:
 		return http.StatusServiceUnavailable
+	case attest.ReasonRateLimited:
+		return http.StatusTooManyRequests
 	case attest.ReasonAKRevoked, attest.ReasonRefsImageDigest, attest.ReasonRefsImageRef, attest.ReasonRefsBootState,
 		attest.ReasonRefsSecureBoot, attest.ReasonRefsPCR, attest.ReasonRefsDenied, attest.ReasonRefsNoProfile,
 		attest.ReasonAppraisalWarn, attest.ReasonAKDenied, attest.ReasonRefsFirmware, attest.ReasonRefsOptionROM,

@@ -34,10 +34,13 @@ var unreplayable = map[string]string{
 	"option-rom-sha1": "measures into PCR 13, the workload PCR",
 }
 
-// verifierOnLoopback starts a verifier with refs on a loopback HTTP server.
+// verifierOnLoopback starts a verifier with refs on a loopback HTTP server,
+// without per-client rate limits: its tests attest dozens of times a second
+// from one address.
 func verifierOnLoopback(t testing.TB, refs *verifier.RefHolder) (*verifier.Server, *agentside.Client) {
 	t.Helper()
-	srv, err := verifier.New(context.Background(), verifier.Config{DataDir: t.TempDir(), Refs: refs, Logger: slog.New(slog.DiscardHandler)})
+	srv, err := verifier.New(context.Background(), verifier.Config{DataDir: t.TempDir(), Refs: refs, Logger: slog.New(slog.DiscardHandler),
+		RateLimits: verifier.NoRateLimits()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,7 +33,7 @@ func (e *env) delegate(t *testing.T, id string, mutate func(*store.Delegation)) 
 // TestIssuanceScope attests for real (simulated TPM, real firmware log)
 // with a delegation, and checks the scope is delegation ∩ intent ∩ policy.
 func TestIssuanceScope(t *testing.T) {
-	e := newEnv(t, demoImage, true)
+	e := newEnv(t, demoImage, true, noRateLimits) // a dozen attestations within the second
 	ctx := context.Background()
 	e.delegate(t, "dlg_ok", nil)
 	e.delegate(t, "dlg_short", func(d *store.Delegation) { d.ExpiresAt = e.clock.Now().Add(20 * time.Second) })

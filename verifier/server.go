@@ -24,6 +24,10 @@
 //	GET  /healthz        → 200 while the process serves
 //	GET  /readyz         → 200 when the database answers and keys are loaded
 //	GET  /metrics        → Prometheus text format
+//
+// The unauthenticated endpoints are rate limited per client address (see
+// RateLimits): too many requests get 429 with Retry-After and the reason
+// rate-limited.
 package verifier
 
 import (
@@ -133,6 +137,9 @@ type Config struct {
 	// DefaultFeedHeartbeat); relying parties fail closed after missing a
 	// few.
 	FeedHeartbeat time.Duration
+	// RateLimits are the per-client limits of the unauthenticated
+	// endpoints; DefaultRateLimits() when nil, NoRateLimits() for none.
+	RateLimits *RateLimits
 }
 
 // Server is a running verifier.
@@ -145,6 +152,7 @@ type Server struct {
 	access   *access.Service
 	enroll   *enroll.Service
 	metrics  *metrics
+	rate     *rateLimiter
 	handler  http.Handler
 	audit    audit.Log
 	tlog     *audit.TLog // the log New opened, nil when Config.Audit was given
@@ -196,6 +204,14 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.RateLimits == nil {
+		d := DefaultRateLimits()
+		cfg.RateLimits = &d
+	}
+	rate, err := newRateLimiter(*cfg.RateLimits, cfg.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("verifier: %w", err)
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("verifier: data directory: %w", err)
 	}
@@ -208,7 +224,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		st.Close()
 		return nil, fmt.Errorf("verifier: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, store: st, keys: keys, metrics: newMetrics(cfg.Registry), audit: cfg.Audit, archive: audit.NewArchive(cfg.DataDir)}
+	s := &Server{cfg: cfg, log: cfg.Logger, store: st, keys: keys, metrics: newMetrics(cfg.Registry), rate: rate, audit: cfg.Audit, archive: audit.NewArchive(cfg.DataDir)}
 	s.metrics.setRefs(cfg.Refs.Refs().ID())
 	if s.audit == nil {
 		ao := cfg.AuditOptions

@@ -17,7 +17,7 @@ func swtpmBenchEnv(b *testing.B) *enrollEnv {
 	b.Helper()
 	root, inter := testCA(b)
 	sw := testenv.StartSWTPM(b, "")
-	e := newEnrollEnv(b, enrollSetup{spec: sw.Spec, roots: []*x509.Certificate{root.Cert}})
+	e := newEnrollEnv(b, enrollSetup{spec: sw.Spec, roots: []*x509.Certificate{root.Cert}, unlimited: true})
 	e.provision(b, inter, agentside.EKECC, ekca.Options{})
 	if err := e.tpm.WriteEKChainCert(0, inter.Cert.Raw); err != nil {
 		b.Fatal(err)

@@ -15,8 +15,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -51,6 +53,15 @@ type options struct {
 	ekFetchIssuers              bool
 	monitorConfig               string
 	webhookURL, webhookSecret   string
+	rate                        rateFlags
+}
+
+// rateFlags are the --rate-* flags: per-client rate limits.
+type rateFlags struct {
+	attest, read, decide                float64
+	attestBurst, readBurst, decideBurst int
+	trustedProxies                      []string
+	maxClients                          int
 }
 
 func newRoot() *cobra.Command {
@@ -81,7 +92,15 @@ relying parties report) and responds to anomalies on its own: it revokes
 credentials (relying parties follow GET /v1/revocations/stream), quarantines
 workloads and machines, and sends signed alerts to --webhook-url. Rules,
 thresholds and responses are in --monitor-config (reloaded on SIGHUP); see
-docs/monitoring.md.`,
+docs/monitoring.md.
+
+The unauthenticated endpoints are rate limited per client address (an IPv4
+address, an IPv6 /64) with token buckets, in classes: attest (challenge,
+attest, enroll; --rate-attest) and read (audit log, keys, revocations,
+signals; --rate-read). Refusals are 429 with Retry-After. The admin API,
+/healthz, /readyz and /metrics are never limited, /v1/authorize and
+/v1/elevate only with --rate-decide. Behind a reverse proxy, list it in
+--rate-trusted-proxies, or every client shares the proxy's bucket.`,
 		Version:       version.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -121,7 +140,47 @@ docs/monitoring.md.`,
 	f.StringVar(&o.monitorConfig, "monitor-config", "", "YAML file of monitoring rules, thresholds and responses over the built-in defaults (reloaded on SIGHUP and when it changes; see docs/monitoring.md)")
 	f.StringVar(&o.webhookURL, "webhook-url", "", "URL that receives alerts as signed JSON POSTs (https unless loopback)")
 	f.StringVar(&o.webhookSecret, "webhook-secret-file", "", "file holding the webhook's HMAC-SHA256 key (at least 16 bytes; required with --webhook-url)")
+	f.Float64Var(&o.rate.attest, "rate-attest", verifier.DefaultRateAttest, "requests per second each client address (IPv4 address, IPv6 /64) may make to POST /v1/challenge, /v1/attest, /v1/enroll, /v1/enroll/activate together (0 disables)")
+	f.IntVar(&o.rate.attestBurst, "rate-attest-burst", verifier.DefaultRateAttestBurst, "requests a client may make at once in the attest class (0: twice --rate-attest)")
+	f.Float64Var(&o.rate.read, "rate-read", verifier.DefaultRateRead, "requests per second each client address may make to GET /v1/log/..., /v1/keys, /v1/revocations (and /stream) and POST /v1/signals together (0 disables)")
+	f.IntVar(&o.rate.readBurst, "rate-read-burst", verifier.DefaultRateReadBurst, "requests a client may make at once in the read class (0: twice --rate-read)")
+	f.Float64Var(&o.rate.decide, "rate-decide", 0, "requests per second each client address may make to POST /v1/authorize and /v1/elevate (default 0: not limited; relying parties ask thousands of times a second)")
+	f.IntVar(&o.rate.decideBurst, "rate-decide-burst", 0, "requests a client may make at once in the decide class (0: twice --rate-decide)")
+	f.StringSliceVar(&o.rate.trustedProxies, "rate-trusted-proxies", nil, "CIDRs or addresses of reverse proxies in front of vouchd (comma-separated): a request from one is counted against the client its X-Forwarded-For names (the rightmost hop that is not a trusted proxy); from anyone else the header is ignored (default none)")
+	f.IntVar(&o.rate.maxClients, "rate-max-clients", verifier.DefaultRateMaxClients, "clients each rate-limit class tracks at most; idle ones are forgotten, and newcomers to a table full of active clients share one bucket")
 	return cmd
+}
+
+// rateLimits turns the --rate-* flags into the verifier's configuration.
+func rateLimits(f rateFlags, log *slog.Logger) (*verifier.RateLimits, error) {
+	rl := &verifier.RateLimits{
+		Attest:     verifier.RateLimit{PerSecond: f.attest, Burst: f.attestBurst},
+		Read:       verifier.RateLimit{PerSecond: f.read, Burst: f.readBurst},
+		Decide:     verifier.RateLimit{PerSecond: f.decide, Burst: f.decideBurst},
+		MaxClients: f.maxClients,
+	}
+	if f.maxClients < 1 {
+		return nil, fmt.Errorf("--rate-max-clients %d: at least 1", f.maxClients)
+	}
+	for _, s := range f.trustedProxies {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, fmt.Errorf("--rate-trusted-proxies: %q is neither a CIDR nor an address: %w", s, err)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if p.Bits() == 0 {
+			log.Warn("--rate-trusted-proxies trusts every address: any client can choose the rate-limit bucket it is counted in with X-Forwarded-For", "prefix", p)
+		}
+		rl.TrustedProxies = append(rl.TrustedProxies, p.Masked())
+	}
+	return rl, nil
 }
 
 func loadRefs(dir string) (*policy.RefSet, error) {
@@ -135,6 +194,10 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	// The transparency-log library logs through klog: warnings and worse
 	// go to vouchd's log.
 	cliconf.RouteLibraryLogs(log)
+	rl, err := rateLimits(o.rate, log)
+	if err != nil {
+		return err
+	}
 	refs, err := loadRefs(o.refs)
 	if err != nil {
 		return err
@@ -170,6 +233,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		webhook = &monitor.WebhookOptions{URL: o.webhookURL, Secret: bytes.TrimSpace(secret)}
 	}
 	srv, err := verifier.New(ctx, verifier.Config{
+		RateLimits:    rl,
 		Enrollment:    eo,
 		Policy:        policyHolder,
 		ExternalURL:   o.externalURL,
@@ -233,7 +297,8 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	}
 	log.Info("vouchd listening", "url", scheme+"://"+ln.Addr().String(), "data", o.data,
 		"refs", refs.ID(), "profiles", len(refs.Profiles), "images", len(refs.Images), "version", version.String(),
-		"authz_policy", eng.ID(), "policies", len(eng.PolicyIDs()))
+		"authz_policy", eng.ID(), "policies", len(eng.PolicyIDs()),
+		"rate_attest", o.rate.attest, "rate_read", o.rate.read, "rate_decide", o.rate.decide, "trusted_proxies", len(rl.TrustedProxies))
 	fmt.Fprintf(os.Stderr, "vouchd listening on %s://%s (data %s)\n", scheme, ln.Addr(), o.data)
 	if err := srv.Serve(ctx, ln); err != nil && !errors.Is(err, context.Canceled) {
 		return err

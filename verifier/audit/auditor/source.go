@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -153,24 +154,75 @@ func (d *dirSource) ReadKey(_ context.Context) (string, error) {
 type httpSource struct {
 	base *url.URL
 	hc   *http.Client
+	// sleep waits before a request refused with 429 is sent again; nil
+	// waits on a timer (tests record the waits instead).
+	sleep func(ctx context.Context, d time.Duration) error
 }
 
 func (h *httpSource) String() string { return h.base.String() }
 
+// vouchd limits how fast one client reads its log (--rate-read): a whole
+// log is thousands of tiles and bundles, so an auditor that is refused with
+// 429 waits for the Retry-After the verifier asks for, then asks again, a
+// bounded number of times per resource.
+const (
+	maxRateLimitedRetries = 20
+	maxRetryAfter         = time.Minute
+)
+
+// retryAfter reads a Retry-After header (delay-seconds or an HTTP date);
+// 1 s when it is missing or unreadable, at most maxRetryAfter.
+func retryAfter(v string, now time.Time) time.Duration {
+	d := time.Second
+	if s, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && s >= 0 {
+		d = time.Duration(s) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = max(t.Sub(now), 0)
+	}
+	return min(d, maxRetryAfter)
+}
+
+func (h *httpSource) wait(ctx context.Context, d time.Duration) error {
+	if h.sleep != nil {
+		return h.sleep(ctx, d)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
 func (h *httpSource) get(ctx context.Context, p string, max int64) ([]byte, error) {
 	u := h.base.JoinPath(p)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := h.hc.Do(req)
-	if err != nil {
-		return nil, err
+	var resp *http.Response
+	for attempt := 0; ; attempt++ {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+		if err != nil {
+			return nil, err
+		}
+		if resp, err = h.hc.Do(req); err != nil {
+			return nil, err
+		}
+		if resp.StatusCode != http.StatusTooManyRequests || attempt == maxRateLimitedRetries {
+			break
+		}
+		d := retryAfter(resp.Header.Get("Retry-After"), time.Now())
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		if err := h.wait(ctx, d); err != nil {
+			return nil, fmt.Errorf("GET %s: waiting %v as the verifier asked (429): %w", u, d, err)
+		}
 	}
 	defer resp.Body.Close()
 	switch {
 	case resp.StatusCode == http.StatusNotFound:
 		return nil, fmt.Errorf("GET %s: %w", u, fs.ErrNotExist)
+	case resp.StatusCode == http.StatusTooManyRequests:
+		return nil, fmt.Errorf("GET %s: still refused after %d waits: %w", u, maxRateLimitedRetries, attest.ReadProblem(resp))
 	case resp.StatusCode != http.StatusOK:
 		return nil, fmt.Errorf("GET %s: %s", u, resp.Status)
 	}
