@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"mime"
 	"net/http"
 	"net/url"
@@ -40,9 +41,16 @@ const DefaultTimeout = 30 * time.Second
 // Refusals come back as RFC 9457 problem documents and are returned as
 // *attest.Error with the verifier's reason and detail.
 type Client struct {
-	base *url.URL
-	hc   *http.Client
+	base  *url.URL
+	hc    *http.Client
+	sleep func(context.Context, time.Duration) error // waits out a 429; tests replace it
 }
+
+// MaxRateLimitWait bounds how long one call waits, in all, when the
+// verifier refuses it as rate-limited (429 with Retry-After) before giving
+// up with the refusal. It is well inside a challenge's 60 s lifetime, so
+// evidence waiting to be sent again stays fresh.
+const MaxRateLimitWait = 20 * time.Second
 
 // NewClient returns a client for the verifier at base (an http or https URL,
 // optionally with a path prefix). hc nil means a client with
@@ -67,7 +75,48 @@ func NewClient(base string, hc *http.Client) (*Client, error) {
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
 	}
-	return &Client{base: u, hc: hc}, nil
+	return &Client{base: u, hc: hc, sleep: sleepCtx}, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// do sends the request build makes; when the verifier refuses it with 429,
+// it waits the Retry-After asked for (plus up to a quarter more, so that
+// agents refused together do not come back together) and sends it again,
+// until MaxRateLimitWait is spent. The last response is returned either way.
+// A 429 is given before the verifier reads the request, so nothing was
+// consumed: a nonce or evidence may be sent again.
+func (c *Client) do(ctx context.Context, build func() (*http.Request, error)) (*http.Response, error) {
+	var waited time.Duration
+	for {
+		req, err := build()
+		if err != nil {
+			return nil, err
+		}
+		resp, err := c.hc.Do(req)
+		if err != nil || resp.StatusCode != http.StatusTooManyRequests {
+			return resp, err
+		}
+		d := attest.RetryAfter(resp, time.Now(), MaxRateLimitWait)
+		d += rand.N(d/4 + 1)
+		if waited+d > MaxRateLimitWait {
+			return resp, nil
+		}
+		drainClose(resp.Body)
+		if err := c.sleep(ctx, d); err != nil {
+			return nil, fmt.Errorf("waiting %v as the verifier asked (429 rate-limited): %w", d.Round(time.Millisecond), err)
+		}
+		waited += d
+	}
 }
 
 // Base returns the verifier's base URL.
@@ -93,12 +142,13 @@ type challengeBody struct {
 
 // Challenge asks the verifier for a fresh nonce.
 func (c *Client) Challenge(ctx context.Context) (*Challenge, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint(challengePath), http.NoBody)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := c.hc.Do(req)
+	resp, err := c.do(ctx, func() (*http.Request, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint(challengePath), http.NoBody)
+		if err == nil {
+			req.Header.Set("Accept", "application/json")
+		}
+		return req, err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("challenge: %w", err)
 	}
@@ -143,13 +193,14 @@ func (c *Client) Attest(ctx context.Context, ev *attest.Evidence) (*Issued, erro
 	if err != nil {
 		return nil, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint(attestPath), bytes.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", attest.EvidenceMediaType)
-	req.Header.Set("Accept", attest.CredentialMediaType+", "+attest.ProblemMediaType)
-	resp, err := c.hc.Do(req)
+	resp, err := c.do(ctx, func() (*http.Request, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint(attestPath), bytes.NewReader(body))
+		if err == nil {
+			req.Header.Set("Content-Type", attest.EvidenceMediaType)
+			req.Header.Set("Accept", attest.CredentialMediaType+", "+attest.ProblemMediaType)
+		}
+		return req, err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("attest: %w", err)
 	}

@@ -21,13 +21,14 @@ func (c *Client) postJSON(ctx context.Context, path string, v, out any) error {
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint(path), bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, "+attest.ProblemMediaType)
-	resp, err := c.hc.Do(req)
+	resp, err := c.do(ctx, func() (*http.Request, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint(path), bytes.NewReader(body))
+		if err == nil {
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Accept", "application/json, "+attest.ProblemMediaType)
+		}
+		return req, err
+	})
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}

@@ -11,7 +11,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -170,18 +169,6 @@ const (
 	maxRetryAfter         = time.Minute
 )
 
-// retryAfter reads a Retry-After header (delay-seconds or an HTTP date);
-// 1 s when it is missing or unreadable, at most maxRetryAfter.
-func retryAfter(v string, now time.Time) time.Duration {
-	d := time.Second
-	if s, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && s >= 0 {
-		d = time.Duration(s) * time.Second
-	} else if t, err := http.ParseTime(v); err == nil {
-		d = max(t.Sub(now), 0)
-	}
-	return min(d, maxRetryAfter)
-}
-
 func (h *httpSource) wait(ctx context.Context, d time.Duration) error {
 	if h.sleep != nil {
 		return h.sleep(ctx, d)
@@ -210,7 +197,7 @@ func (h *httpSource) get(ctx context.Context, p string, max int64) ([]byte, erro
 		if resp.StatusCode != http.StatusTooManyRequests || attempt == maxRateLimitedRetries {
 			break
 		}
-		d := retryAfter(resp.Header.Get("Retry-After"), time.Now())
+		d := attest.RetryAfter(resp, time.Now(), maxRetryAfter)
 		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
 		if err := h.wait(ctx, d); err != nil {

@@ -83,33 +83,8 @@ func TestHTTPSourceWaitEndsWithContext(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	start := time.Now()
 	_, err = s.ReadCheckpoint(ctx)
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "waiting 30s") {
 		t.Errorf("error %v, want the wait cut short by the deadline", err)
-	}
-	if d := time.Since(start); d > 10*time.Second {
-		t.Errorf("returned after %v: the 30 s wait was not cut short", d)
-	}
-}
-
-func TestRetryAfter(t *testing.T) {
-	now := time.Date(2026, 1, 2, 15, 4, 5, 0, time.UTC)
-	for _, tc := range []struct {
-		v    string
-		want time.Duration
-	}{
-		{"", time.Second},
-		{"2", 2 * time.Second},
-		{" 0 ", 0},
-		{"-3", time.Second},
-		{"soon", time.Second},
-		{now.Add(5 * time.Second).Format(http.TimeFormat), 5 * time.Second},
-		{now.Add(-time.Hour).Format(http.TimeFormat), 0},
-		{"99999", time.Minute},
-	} {
-		if got := retryAfter(tc.v, now); got != tc.want {
-			t.Errorf("retryAfter(%q) = %v, want %v", tc.v, got, tc.want)
-		}
 	}
 }
