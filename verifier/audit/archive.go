@@ -83,7 +83,7 @@ func (a *Archive) put(path string, data []byte) error {
 	if err := mkdirSync(filepath.Dir(path), a.dataDir); err != nil {
 		return err
 	}
-	return writeFileSync(path, data, 0o600, false)
+	return WriteFileSync(path, data, 0o600, false)
 }
 
 // mkdirSync creates dir and its missing parents up to (excluding) root,

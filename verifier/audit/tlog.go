@@ -219,7 +219,7 @@ func loadOrCreateSigner(dataDir, origin string) (note.Signer, string, error) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return nil, "", fmt.Errorf("audit: %w", err)
 		}
-		if err := writeFileSync(path, []byte(skey+"\n"), 0o600, true); err != nil {
+		if err := WriteFileSync(path, []byte(skey+"\n"), 0o600, true); err != nil {
 			return nil, "", fmt.Errorf("audit: writing the checkpoint key: %w", err)
 		}
 		b = []byte(skey)
@@ -235,34 +235,34 @@ func loadOrCreateSigner(dataDir, origin string) (note.Signer, string, error) {
 	if err != nil {
 		return nil, "", fmt.Errorf("audit: the checkpoint key %s: %w", path, err)
 	}
-	vkey, err := verifierKeyOf(skey)
+	vkey, err := VerifierKeyOf(skey)
 	if err != nil {
-		return nil, "", err
+		return nil, "", fmt.Errorf("audit: the checkpoint key %s: %w", path, err)
 	}
-	if err := writeFileSync(filepath.Join(dataDir, PublicKeyFile), []byte(vkey+"\n"), 0o644, false); err != nil {
+	if err := WriteFileSync(filepath.Join(dataDir, PublicKeyFile), []byte(vkey+"\n"), 0o644, false); err != nil {
 		return nil, "", fmt.Errorf("audit: writing the public key: %w", err)
 	}
 	return signer, vkey, nil
 }
 
-// verifierKeyOf derives the verifier key ("name+hash+base64(alg‖pub)")
+// VerifierKeyOf derives the verifier key ("name+hash+base64(alg‖pub)")
 // from a note private key ("PRIVATE+KEY+name+hash+base64(alg‖seed)").
-func verifierKeyOf(skey string) (string, error) {
+func VerifierKeyOf(skey string) (string, error) {
 	parts := strings.SplitN(skey, "+", 5)
 	if len(parts) != 5 || parts[0] != "PRIVATE" || parts[1] != "KEY" {
-		return "", errors.New("audit: the checkpoint key is not a note private key")
+		return "", errors.New("not a note private key (PRIVATE+KEY+name+hash+key)")
 	}
 	key, err := base64.StdEncoding.DecodeString(parts[4])
 	if err != nil || len(key) != 1+ed25519.SeedSize || key[0] != 1 {
-		return "", errors.New("audit: the checkpoint key is not an Ed25519 note private key")
+		return "", errors.New("not an Ed25519 note private key")
 	}
 	pub := ed25519.NewKeyFromSeed(key[1:]).Public().(ed25519.PublicKey)
 	return note.NewEd25519VerifierKey(parts[2], pub)
 }
 
-// writeFileSync writes a file atomically (temporary file, fsync, rename,
-// fsync of the directory).
-func writeFileSync(path string, data []byte, perm os.FileMode, exclusive bool) error {
+// WriteFileSync writes a file atomically (temporary file, fsync, rename,
+// fsync of the directory); with exclusive, it fails if path exists.
+func WriteFileSync(path string, data []byte, perm os.FileMode, exclusive bool) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {

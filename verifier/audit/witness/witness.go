@@ -16,21 +16,18 @@ package witness
 
 import (
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/vouch-dev/vouch/verifier/audit"
 	"github.com/vouch-dev/vouch/verifier/audit/auditor"
 )
 
@@ -87,7 +84,7 @@ func New(opts Options) (*Witness, error) {
 	if err != nil {
 		return nil, fmt.Errorf("witness: signer key: %w", err)
 	}
-	vkey, err := VerifierKeyOf(opts.SignerKey)
+	vkey, err := audit.VerifierKeyOf(opts.SignerKey)
 	if err != nil {
 		return nil, fmt.Errorf("witness: signer key: %w", err)
 	}
@@ -128,21 +125,6 @@ func (w *Witness) Name() string { return w.signer.Name() }
 // VerifierKey is the witness's public key, for auditors (WitnessKeys).
 func (w *Witness) VerifierKey() string { return w.vkey }
 
-// VerifierKeyOf returns the verifier key of a note signer key
-// ("PRIVATE+KEY+name+hash+key", Ed25519).
-func VerifierKeyOf(skey string) (string, error) {
-	parts := strings.SplitN(skey, "+", 5)
-	if len(parts) != 5 || parts[0] != "PRIVATE" || parts[1] != "KEY" {
-		return "", errors.New("not a note signer key (PRIVATE+KEY+name+hash+key)")
-	}
-	raw, err := base64.StdEncoding.DecodeString(parts[4])
-	if err != nil || len(raw) != 1+ed25519.SeedSize || raw[0] != 1 {
-		return "", errors.New("not an Ed25519 note signer key")
-	}
-	pub := ed25519.NewKeyFromSeed(raw[1:]).Public().(ed25519.PublicKey)
-	return note.NewEd25519VerifierKey(parts[2], pub)
-}
-
 func (w *Witness) cosignedPath() string { return w.opts.StatePath + ".cosigned" }
 
 // Observe verifies the log and, when nothing is wrong, cosigns its
@@ -176,7 +158,7 @@ func (w *Witness) Observe(ctx context.Context) (*auditor.Report, error) {
 	if err != nil {
 		return rep, fmt.Errorf("witness: cosigning: %w", err)
 	}
-	if err := writeAtomic(w.cosignedPath(), signed); err != nil {
+	if err := audit.WriteFileSync(w.cosignedPath(), signed, 0o644, false); err != nil {
 		return rep, fmt.Errorf("witness: %w", err)
 	}
 	w.mu.Lock()
@@ -231,24 +213,4 @@ func (w *Witness) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	rw.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	rw.Header().Set("Cache-Control", "no-store")
 	rw.Write(cp)
-}
-
-func writeAtomic(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vouch-dev/vouch/verifier/audit"
 	"github.com/vouch-dev/vouch/verifier/audit/auditor"
 )
 
@@ -12,13 +13,13 @@ func TestVerifierKeyOf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := VerifierKeyOf(skey)
+	got, err := audit.VerifierKeyOf(skey)
 	if err != nil || got != vkey {
-		t.Fatalf("VerifierKeyOf = %q, %v; want %q", got, err, vkey)
+		t.Fatalf("audit.VerifierKeyOf = %q, %v; want %q", got, err, vkey)
 	}
 	for _, bad := range []string{"", vkey, "PRIVATE+KEY+x+00000000+AAAA", strings.TrimSuffix(skey, skey[len(skey)-4:]) + "!!!!"} {
-		if _, err := VerifierKeyOf(bad); err == nil {
-			t.Errorf("VerifierKeyOf(%q) accepted", bad)
+		if _, err := audit.VerifierKeyOf(bad); err == nil {
+			t.Errorf("audit.VerifierKeyOf(%q) accepted", bad)
 		}
 	}
 }
