@@ -58,12 +58,6 @@ type RateLimits struct {
 	Attest RateLimit
 	Read   RateLimit
 	Decide RateLimit
-	// TrustedProxies are the networks of reverse proxies in front of the
-	// verifier. A request from one of them is counted against the client
-	// its X-Forwarded-For header names (the rightmost hop that is not a
-	// trusted proxy); from anyone else the header is ignored. Empty: the
-	// header is never read.
-	TrustedProxies []netip.Prefix
 	// MaxClients bounds the clients each class tracks at once (default
 	// DefaultRateMaxClients, 65,536). When that many are active at once,
 	// newcomers share one bucket.
@@ -102,7 +96,6 @@ func rateClassOf(route string) string {
 
 // rateLimiter holds the limiter of each enabled class.
 type rateLimiter struct {
-	proxies ratelimit.Proxies
 	classes map[string]*rateClass
 }
 
@@ -113,7 +106,7 @@ type rateClass struct {
 }
 
 func newRateLimiter(cfg RateLimits, reg prometheus.Registerer) (*rateLimiter, error) {
-	rl := &rateLimiter{proxies: ratelimit.NewProxies(cfg.TrustedProxies), classes: map[string]*rateClass{}}
+	rl := &rateLimiter{classes: map[string]*rateClass{}}
 	limited := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "vouch_rate_limited_total",
 		Help: "Requests refused with 429 by the per-client rate limits, by class (attest, read, decide).",
@@ -160,7 +153,8 @@ func (rl *rateLimiter) class(route string) *rateClass {
 // admit takes a token for the request's client, or answers 429 with
 // Retry-After and a rate-limited problem, and returns false.
 func (s *Server) admit(c *rateClass, w http.ResponseWriter, r *http.Request) bool {
-	client := ratelimit.ClientKey(s.rate.proxies.ClientAddr(r.RemoteAddr, r.Header.Values("X-Forwarded-For")))
+	// RemoteAddr is the client behind a trusted proxy already (clientAddress).
+	client := ratelimit.ClientKey(ratelimit.Proxies{}.ClientAddr(r.RemoteAddr, nil))
 	d := c.lim.Allow(client)
 	if d.Allowed {
 		return true
@@ -190,7 +184,7 @@ func (s *Server) admit(c *rateClass, w http.ResponseWriter, r *http.Request) boo
 		err = attest.Errorf(attest.ReasonRateLimited,
 			"too many %s requests from %s: the limit is %s per second with bursts of %d per client address (IPv4 address, IPv6 /64); retry after %d s. "+
 				"If many legitimate clients share this address (NAT, a proxy), the verifier's operator can raise the limit (vouchd --rate-%s, --rate-%s-burst) "+
-				"or list the proxy in --rate-trusted-proxies",
+				"or list the proxy in --trusted-proxies",
 			c.name, who, rate, c.lim.Burst(), secs, c.name, c.name)
 	}
 	attest.WriteProblem(w, attest.ProblemFor(http.StatusTooManyRequests, err))

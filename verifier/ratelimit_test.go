@@ -64,7 +64,7 @@ type limitedServer struct {
 	logs  *recordingHandler
 }
 
-func newLimitedServer(t *testing.T, rl verifier.RateLimits) *limitedServer {
+func newLimitedServer(t *testing.T, rl verifier.RateLimits, trustedProxies ...netip.Prefix) *limitedServer {
 	t.Helper()
 	refs, err := firmwarerefs.Load()
 	if err != nil {
@@ -74,7 +74,7 @@ func newLimitedServer(t *testing.T, rl verifier.RateLimits) *limitedServer {
 	rl.Now = clk.Now
 	ls := &limitedServer{clock: clk, reg: prometheus.NewRegistry(), logs: &recordingHandler{}}
 	ls.srv, err = verifier.New(context.Background(), verifier.Config{DataDir: t.TempDir(), Refs: verifier.NewRefHolder(refs),
-		Logger: slog.New(ls.logs), Registry: ls.reg, RateLimits: &rl})
+		Logger: slog.New(ls.logs), Registry: ls.reg, RateLimits: &rl, TrustedProxies: trustedProxies})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func TestRateLimitChallenge(t *testing.T) {
 	if p.Reason != attest.ReasonRateLimited || p.Type != attest.ProblemBase+"rate-limited" || p.Status != http.StatusTooManyRequests {
 		t.Errorf("problem %+v", p)
 	}
-	for _, want := range []string{"attest", "198.51.100.7", "10 per second", "bursts of 20", "retry after 1 s", "--rate-attest", "--rate-trusted-proxies"} {
+	for _, want := range []string{"attest", "198.51.100.7", "10 per second", "bursts of 20", "retry after 1 s", "--rate-attest", "--trusted-proxies"} {
 		if !strings.Contains(p.Detail, want) {
 			t.Errorf("the detail does not say %q: %s", want, p.Detail)
 		}
@@ -219,10 +219,8 @@ func TestRateLimitIPv6Prefix(t *testing.T) {
 // TestRateLimitTrustedProxies: behind a trusted proxy each client has its
 // own bucket; X-Forwarded-For from anyone else is ignored.
 func TestRateLimitTrustedProxies(t *testing.T) {
-	ls := newLimitedServer(t, verifier.RateLimits{
-		Attest:         verifier.RateLimit{PerSecond: 1, Burst: 2},
-		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
-	})
+	ls := newLimitedServer(t, verifier.RateLimits{Attest: verifier.RateLimit{PerSecond: 1, Burst: 2}},
+		netip.MustParsePrefix("10.0.0.0/8"))
 	const proxy = "10.0.0.1:443"
 	xff := "X-Forwarded-For"
 	ls.challenge(proxy, xff, "198.51.100.7")

@@ -37,6 +37,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -50,6 +51,7 @@ import (
 	"github.com/vouch-dev/vouch/verifier/appraisal"
 	"github.com/vouch-dev/vouch/verifier/audit"
 	"github.com/vouch-dev/vouch/verifier/enroll"
+	"github.com/vouch-dev/vouch/verifier/internal/ratelimit"
 	"github.com/vouch-dev/vouch/verifier/issuer"
 	"github.com/vouch-dev/vouch/verifier/monitor"
 	"github.com/vouch-dev/vouch/verifier/store"
@@ -140,6 +142,13 @@ type Config struct {
 	// RateLimits are the per-client limits of the unauthenticated
 	// endpoints; DefaultRateLimits() when nil, NoRateLimits() for none.
 	RateLimits *RateLimits
+	// TrustedProxies are the networks of reverse proxies in front of the
+	// verifier. For a request from one of them, the client is the address
+	// its X-Forwarded-For header names (the rightmost hop that is not a
+	// trusted proxy), for everything: rate limits, a delegation's networks,
+	// enrollment and audit records. From anyone else the header is ignored.
+	// Empty: the header is never read.
+	TrustedProxies []netip.Prefix
 }
 
 // Server is a running verifier.
@@ -293,7 +302,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 		s.Close()
 		return nil, err
 	}
-	s.handler = s.routes()
+	s.handler = clientAddress(ratelimit.NewProxies(cfg.TrustedProxies), s.routes())
 	return s, nil
 }
 

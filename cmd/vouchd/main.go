@@ -54,13 +54,13 @@ type options struct {
 	monitorConfig               string
 	webhookURL, webhookSecret   string
 	rate                        rateFlags
+	trustedProxies              []string
 }
 
 // rateFlags are the --rate-* flags: per-client rate limits.
 type rateFlags struct {
 	attest, read, decide                float64
 	attestBurst, readBurst, decideBurst int
-	trustedProxies                      []string
 	maxClients                          int
 }
 
@@ -100,7 +100,8 @@ attest, enroll; --rate-attest) and read (audit log, keys, revocations,
 signals; --rate-read). Refusals are 429 with Retry-After. The admin API,
 /healthz, /readyz and /metrics are never limited, /v1/authorize and
 /v1/elevate only with --rate-decide. Behind a reverse proxy, list it in
---rate-trusted-proxies, or every client shares the proxy's bucket.`,
+--trusted-proxies, or every client shares the proxy's bucket and every
+delegation's networks policy sees the proxy's address.`,
 		Version:       version.String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -146,7 +147,7 @@ signals; --rate-read). Refusals are 429 with Retry-After. The admin API,
 	f.IntVar(&o.rate.readBurst, "rate-read-burst", verifier.DefaultRateReadBurst, "requests a client may make at once in the read class (0: twice --rate-read)")
 	f.Float64Var(&o.rate.decide, "rate-decide", 0, "requests per second each client address may make to POST /v1/authorize and /v1/elevate (default 0: not limited; relying parties ask thousands of times a second)")
 	f.IntVar(&o.rate.decideBurst, "rate-decide-burst", 0, "requests a client may make at once in the decide class (0: twice --rate-decide)")
-	f.StringSliceVar(&o.rate.trustedProxies, "rate-trusted-proxies", nil, "CIDRs or addresses of reverse proxies in front of vouchd (comma-separated): a request from one is counted against the client its X-Forwarded-For names (the rightmost hop that is not a trusted proxy); from anyone else the header is ignored (default none)")
+	f.StringSliceVar(&o.trustedProxies, "trusted-proxies", nil, "CIDRs or addresses of reverse proxies in front of vouchd (comma-separated): for a request from one, the client is the address its X-Forwarded-For names (the rightmost hop that is not a trusted proxy) — for rate limits, delegations' networks and audit records alike; from anyone else the header is ignored (default none)")
 	f.IntVar(&o.rate.maxClients, "rate-max-clients", verifier.DefaultRateMaxClients, "clients each rate-limit class tracks at most; idle ones are forgotten, and newcomers to a table full of active clients share one bucket")
 	return cmd
 }
@@ -162,7 +163,13 @@ func rateLimits(f rateFlags, log *slog.Logger) (*verifier.RateLimits, error) {
 	if f.maxClients < 1 {
 		return nil, fmt.Errorf("--rate-max-clients %d: at least 1", f.maxClients)
 	}
-	for _, s := range f.trustedProxies {
+	return rl, nil
+}
+
+// trustedProxies parses --trusted-proxies: CIDRs or bare addresses.
+func trustedProxies(list []string, log *slog.Logger) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
 		s = strings.TrimSpace(s)
 		if s == "" {
 			continue
@@ -171,16 +178,16 @@ func rateLimits(f rateFlags, log *slog.Logger) (*verifier.RateLimits, error) {
 		if err != nil {
 			a, aerr := netip.ParseAddr(s)
 			if aerr != nil {
-				return nil, fmt.Errorf("--rate-trusted-proxies: %q is neither a CIDR nor an address: %w", s, err)
+				return nil, fmt.Errorf("--trusted-proxies: %q is neither a CIDR nor an address: %w", s, err)
 			}
 			p = netip.PrefixFrom(a, a.BitLen())
 		}
 		if p.Bits() == 0 {
-			log.Warn("--rate-trusted-proxies trusts every address: any client can choose the rate-limit bucket it is counted in with X-Forwarded-For", "prefix", p)
+			log.Warn("--trusted-proxies trusts every address: any client can choose the address it is seen as (rate limits, delegations' networks, audit records) with X-Forwarded-For", "prefix", p)
 		}
-		rl.TrustedProxies = append(rl.TrustedProxies, p.Masked())
+		out = append(out, p.Masked())
 	}
-	return rl, nil
+	return out, nil
 }
 
 func loadRefs(dir string) (*policy.RefSet, error) {
@@ -195,6 +202,10 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	// go to vouchd's log.
 	cliconf.RouteLibraryLogs(log)
 	rl, err := rateLimits(o.rate, log)
+	if err != nil {
+		return err
+	}
+	proxies, err := trustedProxies(o.trustedProxies, log)
 	if err != nil {
 		return err
 	}
@@ -233,21 +244,22 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 		webhook = &monitor.WebhookOptions{URL: o.webhookURL, Secret: bytes.TrimSpace(secret)}
 	}
 	srv, err := verifier.New(ctx, verifier.Config{
-		RateLimits:    rl,
-		Enrollment:    eo,
-		Policy:        policyHolder,
-		ExternalURL:   o.externalURL,
-		ElevationTTL:  o.elevationTTL,
-		DataDir:       o.data,
-		Refs:          verifier.NewRefHolder(refs),
-		Issuer:        o.issuer,
-		Build:         version.String(),
-		CredentialTTL: o.credTTL,
-		NonceTTL:      o.nonceTTL,
-		AllowWarning:  o.allowWarning,
-		Logger:        log,
-		Monitor:       monCfg,
-		Webhook:       webhook,
+		RateLimits:     rl,
+		TrustedProxies: proxies,
+		Enrollment:     eo,
+		Policy:         policyHolder,
+		ExternalURL:    o.externalURL,
+		ElevationTTL:   o.elevationTTL,
+		DataDir:        o.data,
+		Refs:           verifier.NewRefHolder(refs),
+		Issuer:         o.issuer,
+		Build:          version.String(),
+		CredentialTTL:  o.credTTL,
+		NonceTTL:       o.nonceTTL,
+		AllowWarning:   o.allowWarning,
+		Logger:         log,
+		Monitor:        monCfg,
+		Webhook:        webhook,
 	})
 	if err != nil {
 		return err
@@ -298,7 +310,7 @@ func run(ctx context.Context, o options, log *slog.Logger) error {
 	log.Info("vouchd listening", "url", scheme+"://"+ln.Addr().String(), "data", o.data,
 		"refs", refs.ID(), "profiles", len(refs.Profiles), "images", len(refs.Images), "version", version.String(),
 		"authz_policy", eng.ID(), "policies", len(eng.PolicyIDs()),
-		"rate_attest", o.rate.attest, "rate_read", o.rate.read, "rate_decide", o.rate.decide, "trusted_proxies", len(rl.TrustedProxies))
+		"rate_attest", o.rate.attest, "rate_read", o.rate.read, "rate_decide", o.rate.decide, "trusted_proxies", len(proxies))
 	fmt.Fprintf(os.Stderr, "vouchd listening on %s://%s (data %s)\n", scheme, ln.Addr(), o.data)
 	if err := srv.Serve(ctx, ln); err != nil && !errors.Is(err, context.Canceled) {
 		return err

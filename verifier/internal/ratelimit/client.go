@@ -119,3 +119,6 @@ func parseHost(s string) netip.Addr {
 	}
 	return netip.Addr{}
 }
+
+// Empty reports whether no proxy is trusted (X-Forwarded-For is never read).
+func (p Proxies) Empty() bool { return len(p.nets) == 0 }
