@@ -92,6 +92,8 @@ func printSummary(cmd *cobra.Command, s *demo.Summary) {
 		fmt.Fprintf(w, "actions outside its intent), revoked it — refused at the relying party %v after the revocation — and\n", s.RevocationToRefusal.Round(time.Millisecond))
 		fmt.Fprintf(w, "quarantined its workload, then its whole machine when it came back with a changed image.\n")
 	}
+	fmt.Fprintf(w, "Every decision is in the transparency log (%d records); a witness cosigned it, and a history rewritten\n", s.AuditRecords)
+	fmt.Fprintf(w, "with the log's own key was caught as a split view.\n")
 	if s.Kept {
 		fmt.Fprintf(w, "The verifier's data is in %s (inspect it with `vouch agents list --data %s`,\n", s.DataDir, s.DataDir)
 		fmt.Fprintf(w, "`vouch agents show <AK prefix> --data %s`; audit it with `vouch audit verify --log %s`).\n", s.DataDir, s.DataDir)

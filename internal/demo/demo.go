@@ -21,7 +21,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -31,7 +30,6 @@ import (
 	"github.com/vouch-dev/vouch/verifier"
 	"github.com/vouch-dev/vouch/verifier/access"
 	"github.com/vouch-dev/vouch/verifier/audit"
-	"github.com/vouch-dev/vouch/verifier/audit/auditor"
 	"github.com/vouch-dev/vouch/verifier/store"
 )
 
@@ -235,37 +233,6 @@ func (r *run) run(ctx context.Context, dir string) error {
 		return err
 	}
 	return r.audit(ctx, dir)
-}
-
-// audit verifies the verifier's audit log as an outside auditor would:
-// signature, tree, records, archived evidence, and every attestation
-// re-appraised from its archived evidence.
-func (r *run) audit(ctx context.Context, dir string) error {
-	start := time.Now()
-	src, err := auditor.OpenSource(dir, nil)
-	if err != nil {
-		return err
-	}
-	key, err := os.ReadFile(filepath.Join(dir, audit.PublicKeyFile))
-	if err != nil {
-		return err
-	}
-	rep, err := auditor.Verify(ctx, auditor.Options{Source: src, PublicKey: strings.TrimSpace(string(key)), Reappraise: true})
-	if err != nil {
-		return err
-	}
-	r.sum.AuditRecords = rep.Records
-	outcome := fmt.Sprintf("%d records in the transparency log, signed checkpoint and Merkle tree verified, %d attestations re-appraised from archived evidence", rep.Records, rep.Reappraised)
-	if !rep.OK() {
-		outcome = fmt.Sprintf("the audit log does not verify: %v", rep.Findings)
-	}
-	r.step("audit", rep.OK(), "", start, "%s", outcome)
-	if r.sum.Kept {
-		r.say("               check it yourself: vouch audit verify --log %s", dir)
-	} else {
-		r.say("               (run `vouch demo --data DIR` to keep the log, then check it yourself: vouch audit verify --log DIR)")
-	}
-	return nil
 }
 
 // goodAgent boots the simulator, measures the allowed image, enrolls the AK,

@@ -40,7 +40,7 @@ func TestRun(t *testing.T) {
 		"revoked": attest.ReasonCredentialRevoked, // or delegation-revoked, see below
 		"burst":   attest.ReasonCredentialRevoked, "intent": attest.ReasonCredentialRevoked, "quarantine": attest.ReasonAgentQuarantined,
 		"bad image": attest.ReasonRefsImageDigest, "machine": "",
-		"audit": "",
+		"audit": "", "split view": "",
 	}
 	for _, st := range sum.Steps {
 		r, ok := want[st.Name]
