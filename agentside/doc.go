@@ -14,6 +14,21 @@
 //	cred, _ := agent.Attest(ctx, client, &attest.Request{Audience: "vouch-demo"})
 //	hc := &http.Client{Transport: &agentside.Transport{Credential: ..., Key: agent.Signer()}}
 //
+// A long-running agent keeps its credential fresh with a [Renewer]: it holds
+// the one Agent (one TPM-resident key for the process's life), attests at
+// start and again at about 2/3 of each credential's lifetime, retries with
+// capped backoff, verifies every credential with the verifier's published
+// keys, and fails closed ([Renewer.Credential] is nil once the credential
+// expired):
+//
+//	r, _ := agentside.NewRenewer(agentside.RenewerOptions{Agent: agent, Client: client, Request: req})
+//	go r.Run(ctx)
+//	<-r.Ready()
+//	hc := &http.Client{Transport: r.Transport(nil)}
+//
+// "vouch-agent run" is that Renewer behind a loopback proxy to one relying
+// party, for agents written in other languages.
+//
 // # TPMs
 //
 // [Open] takes a spec naming the TPM:

@@ -17,6 +17,10 @@ import (
 // when Transport.MaxBody is zero.
 const DefaultMaxPoPBody = 8 << 20
 
+// ErrNoCredential is the error of a [Transport] whose credential source has
+// no credential (none yet, or the last one expired): the request is not sent.
+var ErrNoCredential = errors.New("vouch transport: no credential yet; attest first")
+
 // Transport is an http.RoundTripper that presents a Vouch credential on every
 // request together with a fresh proof of possession of its key:
 //
@@ -55,7 +59,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	cred := t.Credential()
 	if len(cred) == 0 {
-		return nil, errors.New("vouch transport: no credential yet; attest first")
+		return nil, ErrNoCredential
 	}
 	now := time.Now
 	if t.Now != nil {

@@ -8,8 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -47,20 +45,9 @@ func (f *tpmFlags) open(ctx context.Context, a *app) (*agentside.TPM, error) {
 }
 
 type attestFlags struct {
-	tpm         tpmFlags
-	verifier    string
-	bootLog     string
-	imageRef    string
-	imageDigest string
-	args        []string
-	env         []string
-	audience    string
-	intent      string
-	resources   []string
-	delegation  string
-	out         string
-	timeout     time.Duration
-	json        bool
+	agentFlags
+	out  string
+	json bool
 }
 
 func (a *app) attestCmd() *cobra.Command {
@@ -90,64 +77,16 @@ On a refusal it prints "refused: <reason>: <detail>" and exits with status 3.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return a.runAttest(cmd.Context(), &f) },
 	}
 	fs := cmd.Flags()
-	f.tpm.add(fs)
-	fs.StringVar(&f.verifier, "verifier", "", "verifier base URL, e.g. https://vouch.example (required)")
-	fs.StringVar(&f.bootLog, "boot-log", "", "recorded TCG firmware event log (binary_bios_measurements format) to replay into a TPM without firmware (required with --tpm sim and swtpm)")
-	fs.StringVar(&f.imageRef, "image-ref", "", "workload image reference, e.g. ghcr.io/acme/agent:1.4 (required)")
-	fs.StringVar(&f.imageDigest, "image-digest", "", `workload image digest, "sha256:" and 64 lower-case hex digits (required)`)
-	fs.StringArrayVar(&f.args, "arg", nil, "workload argument to measure, in order (repeatable)")
-	fs.StringArrayVar(&f.env, "env", nil, "workload environment variable to measure, NAME=VALUE (repeatable); it is sent to the verifier, so no secrets")
-	fs.StringVar(&f.audience, "audience", defaultAudience, "relying party the credential is for (its identifier, e.g. https://docs.example)")
-	fs.StringVar(&f.intent, "intent", "", "intent the agent asks to act under, e.g. summarize-documents (needs --delegation)")
-	fs.StringArrayVar(&f.resources, "resource", nil, `resource the agent asks for, a typed id such as 'Document::"customer-A/*"' (repeatable)`)
-	fs.StringVar(&f.delegation, "delegation", "", "delegation id the agent acts under (vouch delegations create); the credential's scope is delegation ∩ intent ∩ policy on --resource")
+	f.add(fs, defaultAudience)
 	fs.StringVar(&f.out, "out", "credential.cwt", `file to write the credential to (mode 0600); "-" writes it to standard output`)
-	fs.DurationVar(&f.timeout, "timeout", time.Minute, "time limit of the whole attestation")
 	fs.BoolVar(&f.json, "json", false, "print the result as JSON")
 	return cmd
 }
 
-// request builds and validates the attestation request and workload from the
-// flags, before anything touches the TPM or the network.
-func (f *attestFlags) request() (*attest.Request, agentside.Workload, error) {
-	var w agentside.Workload
-	switch {
-	case f.verifier == "":
-		return nil, w, usagef("--verifier is required")
-	case f.imageRef == "":
-		return nil, w, usagef("--image-ref is required")
-	case f.imageDigest == "":
-		return nil, w, usagef("--image-digest is required")
-	case f.out == "":
-		return nil, w, usagef("--out is empty")
-	case f.timeout <= 0:
-		return nil, w, usagef("--timeout must be positive")
-	}
-	w = agentside.Workload{ImageRef: f.imageRef, ImageDigest: f.imageDigest, Args: f.args}
-	if len(f.env) > 0 {
-		w.Env = map[string]string{}
-		for _, kv := range f.env {
-			name, value, ok := strings.Cut(kv, "=")
-			if !ok {
-				return nil, w, usagef("--env %q: want NAME=VALUE", kv)
-			}
-			if _, dup := w.Env[name]; dup {
-				return nil, w, usagef("--env %s given twice", name)
-			}
-			w.Env[name] = value
-		}
-	}
-	if err := w.Validate(); err != nil {
-		return nil, w, usageError{err}
-	}
-	req := &attest.Request{Audience: f.audience, Intent: f.intent, Resources: f.resources, Delegation: f.delegation}
-	if err := req.Validate(); err != nil {
-		return nil, w, usagef("invalid request: %v", err)
-	}
-	return req, w, nil
-}
-
 func (a *app) runAttest(ctx context.Context, f *attestFlags) error {
+	if f.out == "" {
+		return usagef("--out is empty")
+	}
 	req, w, err := f.request()
 	if err != nil {
 		return err
@@ -156,41 +95,13 @@ func (a *app) runAttest(ctx context.Context, f *attestFlags) error {
 	if err != nil {
 		return usageError{err}
 	}
-	var bootLog []byte
-	if f.bootLog != "" {
-		if bootLog, err = readFileBounded(f.bootLog, agentside.MaxFirmwareLogSize); err != nil {
-			return err
-		}
-	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
-
-	tpm, err := f.tpm.open(ctx, a)
+	tpm, agent, err := f.openAgent(ctx, a, w)
 	if err != nil {
 		return err
 	}
 	defer tpm.Close()
-	switch {
-	case tpm.Firmwareless() && bootLog == nil:
-		return usagef("TPM %q has no firmware: pass --boot-log FILE, a recorded firmware event log (e.g. testdata/eventlogs/ubuntu-2404-amd-sevsnp.bin)", f.tpm.spec)
-	case !tpm.Firmwareless() && bootLog != nil:
-		// A device: the log its firmware wrote, copied where the agent can
-		// read it (securityfs is root-only).
-		if err := tpm.UseFirmwareLog(bootLog); err != nil {
-			return err
-		}
-	case bootLog != nil:
-		if err := tpm.Boot(bootLog); err != nil {
-			return fmt.Errorf("%s: %w", f.bootLog, err)
-		}
-	}
-	if err := tpm.MeasureWorkload(w); err != nil {
-		return err
-	}
-	agent, err := agentside.NewAgent(tpm)
-	if err != nil {
-		return err
-	}
 	defer agent.Close()
 	a.log.Info("attesting", "verifier", client.Base(), "audience", req.Audience, "image_digest", w.ImageDigest)
 	iss, err := agent.AttestIssued(ctx, client, req)

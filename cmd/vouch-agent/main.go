@@ -7,6 +7,8 @@
 //	    --boot-log testdata/eventlogs/ubuntu-2404-amd-sevsnp.bin \
 //	    --image-ref ghcr.io/acme/agent:1.4 --image-digest sha256:... \
 //	    --audience https://docs.example --out cred.cwt
+//	vouch-agent run --verifier https://vouch.example --upstream https://docs.example \
+//	    --boot-log ... --image-ref ... --image-digest sha256:...   # the sidecar on 127.0.0.1:8479
 //
 // Every flag can also be set with a VOUCH_* environment variable (--image-ref
 // is VOUCH_IMAGE_REF) or a YAML file (--config). Run "vouch-agent help" for
@@ -19,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -63,11 +66,20 @@ func (e refusedError) Unwrap() error { return e.err }
 type app struct {
 	stdout, stderr io.Writer
 	log            *slog.Logger
+	// listening, if set, is told the address the sidecar (run) listens on;
+	// tests use it.
+	listening func(net.Addr)
 }
 
 // run executes the command line and returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	a := &app{stdout: stdout, stderr: stderr, log: slog.New(slog.DiscardHandler)}
+	return (&app{stdout: stdout, stderr: stderr}).execute(ctx, args)
+}
+
+// execute runs the command line on a and returns the exit code.
+func (a *app) execute(ctx context.Context, args []string) int {
+	stdout, stderr := a.stdout, a.stderr
+	a.log = slog.New(slog.DiscardHandler)
 	root := a.rootCmd()
 	root.SetArgs(args)
 	root.SetOut(stdout)
@@ -119,6 +131,14 @@ then attest:
       --boot-log firmware.bin --image-ref ghcr.io/acme/agent:1.4 \
       --image-digest sha256:<64 hex> --audience https://docs.example --out cred.cwt
 
+or run the sidecar, a loopback proxy to one relying party that keeps the
+credential fresh and signs a proof of possession for every request, for
+agents in any language (see run --help):
+
+  vouch-agent run --verifier https://vouch.example --upstream https://docs.example \
+      --boot-log firmware.bin --image-ref ghcr.io/acme/agent:1.4 --image-digest sha256:<64 hex>
+  curl http://127.0.0.1:8479/documents/report-7
+
 TPMs (--tpm): "sim" is the in-process TPM simulator. IT IS INSECURE AND FOR
 DEVELOPMENT ONLY: its keys derive from a seed file in the state directory, and
 it has no firmware, so --boot-log replays a recorded firmware event log into
@@ -150,6 +170,6 @@ Exit codes: 0 success, 1 error, 2 usage error, 3 the verifier refused.`,
 	}
 	cliconf.AddFlags(root.PersistentFlags())
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(a.attestCmd(), a.akCmd(), a.quoteCmd(), a.enrollCmd())
+	root.AddCommand(a.attestCmd(), a.runCmd(), a.akCmd(), a.quoteCmd(), a.enrollCmd())
 	return root
 }
