@@ -68,6 +68,13 @@ nothing upstream: an expired credential is never sent. A request body larger
 than --max-body is refused with 413 (the proof of possession digests the
 whole body).
 
+Just-in-time elevation: a request with the header
+  Vouch-Elevate: documents:write Document::"customer-A/report-7"
+is sent with a single-use credential for exactly that action and resource,
+obtained from the verifier (POST /v1/elevate) first; a refusal is answered
+with the verifier's reason and nothing is sent upstream. The header is never
+forwarded.
+
 Paths under /.vouch/ are answered by the sidecar and never forwarded:
 /.vouch/healthz (the process is up), /.vouch/readyz (200 iff a valid
 credential is held), /.vouch/status (JSON: expiry, last success, last error
@@ -171,7 +178,7 @@ func (a *app) runSidecar(cmd *cobra.Command, f *runFlags) error {
 		return err
 	}
 	m.watch(renewer)
-	sc := newSidecar(up, renewer, f.maxBody, m, a.log)
+	sc := newSidecar(up, renewer, client, f.maxBody, m, a.log)
 
 	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
@@ -216,14 +223,15 @@ func (a *app) runSidecar(cmd *cobra.Command, f *runFlags) error {
 // forwarded to the one upstream through the Vouch transport.
 type sidecar struct {
 	renewer *agentside.Renewer
+	client  *agentside.Client // for elevations
 	proxy   *httputil.ReverseProxy
 	maxBody int64
 	metrics *sidecarMetrics
 	log     *slog.Logger
 }
 
-func newSidecar(up *url.URL, r *agentside.Renewer, maxBody int64, m *sidecarMetrics, log *slog.Logger) *sidecar {
-	s := &sidecar{renewer: r, maxBody: maxBody, metrics: m, log: log}
+func newSidecar(up *url.URL, r *agentside.Renewer, client *agentside.Client, maxBody int64, m *sidecarMetrics, log *slog.Logger) *sidecar {
+	s := &sidecar{renewer: r, client: client, maxBody: maxBody, metrics: m, log: log}
 	tr := r.Transport(nil)
 	tr.MaxBody = maxBody
 	s.proxy = &httputil.ReverseProxy{
@@ -233,8 +241,9 @@ func newSidecar(up *url.URL, r *agentside.Renewer, maxBody int64, m *sidecarMetr
 			// local application must not inject its own.
 			pr.Out.Header.Del("Authorization")
 			pr.Out.Header.Del(attest.PoPHeader)
+			pr.Out.Header.Del(ElevateHeader)
 		},
-		Transport:    tr,
+		Transport:    elevatingTransport{standing: tr},
 		ErrorHandler: s.proxyError,
 		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
@@ -260,6 +269,9 @@ func (s *sidecar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
+	}
+	if r = s.elevate(rec, r); r == nil {
+		return
 	}
 	s.proxy.ServeHTTP(rec, r)
 }

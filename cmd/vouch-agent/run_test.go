@@ -34,7 +34,7 @@ const (
 
 // startRealVerifier runs a real verifier on loopback with credentials of
 // the given lifetime, and enrolls the AK of the simulator in state.
-func startRealVerifier(t *testing.T, ttl time.Duration, state string) *httptest.Server {
+func startRealVerifier(t *testing.T, ttl time.Duration, state string) (*httptest.Server, *vouchd.Server) {
 	t.Helper()
 	refs, err := firmwarerefs.Load()
 	if err != nil {
@@ -66,7 +66,7 @@ func startRealVerifier(t *testing.T, ttl time.Duration, state string) *httptest.
 	if err := srv.Store().Enroll(context.Background(), store.Enrollment{AKDigest: d[:], AKPublic: blk.Bytes, Method: "operator", EnrolledBy: "test", EnrolledAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	return hs
+	return hs, srv
 }
 
 // seen is what the relying party saw of one request.
@@ -198,7 +198,7 @@ func problemOf(t *testing.T, resp *http.Response, b []byte) attest.Problem {
 // party, and plain HTTP clients going through the sidecar.
 func TestSidecar(t *testing.T) {
 	state := t.TempDir()
-	vhs := startRealVerifier(t, 2*time.Second, state)
+	vhs, _ := startRealVerifier(t, 2*time.Second, state)
 	rp := startRelyingParty(t, vhs.URL)
 	base := startSidecar(t, "--state", state, "--verifier", vhs.URL, "--upstream", rp.URL,
 		"--boot-log", bootLog, "--image-ref", demoRef, "--image-digest", demoDigest, "--max-body", "1024")
@@ -276,7 +276,7 @@ func TestSidecar(t *testing.T) {
 // the verifier's reason.
 func TestSidecarRefused(t *testing.T) {
 	state := t.TempDir()
-	vhs := startRealVerifier(t, time.Minute, state)
+	vhs, _ := startRealVerifier(t, time.Minute, state)
 	rp := startRelyingParty(t, vhs.URL)
 	base := startSidecar(t, "--state", state, "--verifier", vhs.URL, "--upstream", rp.URL,
 		"--boot-log", bootLog, "--image-ref", demoRef, "--image-digest", testDigest)

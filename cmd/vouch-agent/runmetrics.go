@@ -13,9 +13,10 @@ import (
 // sidecarMetrics are the sidecar's Prometheus metrics, on its own registry,
 // served at /.vouch/metrics.
 type sidecarMetrics struct {
-	reg      *prometheus.Registry
-	renewals *prometheus.CounterVec
-	requests *prometheus.CounterVec
+	reg        *prometheus.Registry
+	renewals   *prometheus.CounterVec
+	requests   *prometheus.CounterVec
+	elevations *prometheus.CounterVec
 }
 
 func newSidecarMetrics() *sidecarMetrics {
@@ -30,10 +31,16 @@ func newSidecarMetrics() *sidecarMetrics {
 			Help: "Requests proxied, by the status class answered to the local client (including the sidecar's own 413 and 503).",
 		}, []string{"class"}),
 	}
+	m.elevations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "vouch_sidecar_elevations_total",
+		Help: "Just-in-time elevations (Vouch-Elevate) by outcome: granted, refused.",
+	}, []string{"outcome"})
+	m.elevations.WithLabelValues("granted")
+	m.elevations.WithLabelValues("refused")
 	for _, o := range []agentside.RenewOutcome{agentside.RenewSuccess, agentside.RenewRefused, agentside.RenewFailed} {
 		m.renewals.WithLabelValues(string(o))
 	}
-	m.reg.MustRegister(m.renewals, m.requests)
+	m.reg.MustRegister(m.renewals, m.requests, m.elevations)
 	return m
 }
 
