@@ -67,8 +67,8 @@ type app struct {
 	stdout, stderr io.Writer
 	log            *slog.Logger
 	// listening, if set, is told the address the sidecar (run) listens on;
-	// tests use it.
-	listening func(net.Addr)
+	// tests use it. adminListening is told its --admin-listen address.
+	listening, adminListening func(net.Addr)
 }
 
 // run executes the command line and returns the exit code.

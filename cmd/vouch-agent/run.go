@@ -33,6 +33,7 @@ type runFlags struct {
 	upstream    string
 	allowRemote bool
 	maxBody     int64
+	adminListen string
 }
 
 func (a *app) runCmd() *cobra.Command {
@@ -78,7 +79,9 @@ forwarded.
 Paths under /.vouch/ are answered by the sidecar and never forwarded:
 /.vouch/healthz (the process is up), /.vouch/readyz (200 iff a valid
 credential is held), /.vouch/status (JSON: expiry, last success, last error
-and the verifier's reason) and /.vouch/metrics (Prometheus).`,
+and the verifier's reason) and /.vouch/metrics (Prometheus). --admin-listen
+serves them on a second address too (for probes from outside the pod), from
+where nothing is forwarded.`,
 		Example: `  vouch-agent run --verifier https://vouch.example --upstream https://docs.example \
       --boot-log testdata/eventlogs/rhel8-uefi.bin \
       --image-ref ghcr.io/acme/agent:1.4 --image-digest sha256:<64 hex> \
@@ -95,6 +98,7 @@ and the verifier's reason) and /.vouch/metrics (Prometheus).`,
 	fs.StringVar(&f.listen, "listen", defaultListen, "address to listen on; loopback only unless --allow-remote")
 	fs.StringVar(&f.upstream, "upstream", "", "the relying party every request is forwarded to, https://HOST[:PORT][/PREFIX] (http for loopback only) (required)")
 	fs.BoolVar(&f.allowRemote, "allow-remote", false, "allow a non-loopback --listen address: anyone who can reach it acts as this agent")
+	fs.StringVar(&f.adminListen, "admin-listen", "", "also serve the sidecar's own read-only paths (/.vouch/healthz, readyz, status, metrics) on this address, e.g. :8480 for a kubelet's probes; it never forwards anything (default: none)")
 	fs.Int64Var(&f.maxBody, "max-body", agentside.DefaultMaxPoPBody, "largest request body forwarded, in bytes (the proof of possession digests the whole body); larger ones get 413")
 	return cmd
 }
@@ -196,8 +200,25 @@ func (a *app) runSidecar(cmd *cobra.Command, f *runFlags) error {
 		defer close(renewed)
 		_ = renewer.Run(ctx)
 	}()
-	served := make(chan error, 1)
+	served := make(chan error, 2)
 	go func() { served <- srv.Serve(ln) }()
+	if f.adminListen != "" {
+		aln, err := net.Listen("tcp", f.adminListen)
+		if err != nil {
+			cancel()
+			_ = srv.Close()
+			<-renewed
+			return fmt.Errorf("--admin-listen %s: %w", f.adminListen, err)
+		}
+		admin := &http.Server{Handler: http.HandlerFunc(sc.serveAdmin), ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
+		go func() { served <- admin.Serve(aln) }()
+		defer admin.Close()
+		a.log.Info("sidecar admin paths", "listen", aln.Addr().String())
+		if a.adminListening != nil {
+			a.adminListening(aln.Addr())
+		}
+	}
 	a.log.Info("sidecar listening", "listen", ln.Addr().String(), "upstream", up.String(),
 		"audience", req.Audience, "verifier", client.Base())
 	if a.listening != nil {
@@ -314,6 +335,17 @@ func (s *sidecar) unavailable(w http.ResponseWriter) {
 	}
 	w.Header().Set("Retry-After", "1")
 	attest.WriteProblem(w, attest.ProblemFor(http.StatusServiceUnavailable, attest.Errorf(attest.ReasonUnavailable, "%s", detail)))
+}
+
+// serveAdmin answers --admin-listen: the sidecar's own read-only paths,
+// and 404 for anything else (nothing is ever forwarded from there).
+func (s *sidecar) serveAdmin(w http.ResponseWriter, r *http.Request) {
+	p := path.Clean("/" + r.URL.Path)
+	if !strings.HasPrefix(p, reservedPrefix) {
+		http.Error(w, "not found: the admin address serves "+reservedPrefix+"healthz, readyz, status and metrics only", http.StatusNotFound)
+		return
+	}
+	s.serveReserved(w, r, p)
 }
 
 // serveReserved answers the sidecar's own paths.
