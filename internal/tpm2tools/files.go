@@ -110,6 +110,9 @@ func parseSerialized(b []byte) (*PCRFile, error) {
 		}
 		f.Banks = append(f.Banks, bank)
 	}
+	if f.pcrCount() == 0 {
+		return nil, errors.New("the PCR file selects no PCR; a quote over no PCR proves nothing")
+	}
 	lists := le.Uint32(b[pcrSelectionStructSize:])
 	if int(lists) != (len(b)-pcrSelectionStructSize-4)/digestListStructSize {
 		return nil, fmt.Errorf("the PCR file announces %d digest lists but holds %d", lists, (len(b)-pcrSelectionStructSize-4)/digestListStructSize)
@@ -165,13 +168,18 @@ func parseValues(b []byte, sel tpm2.TPMLPCRSelection) (*PCRFile, error) {
 	return f, nil
 }
 
-// fill distributes digests over the banks' PCRs, checking their sizes.
-func (f *PCRFile) fill(digests [][]byte) error {
+// pcrCount is the number of PCRs the banks select.
+func (f *PCRFile) pcrCount() int {
 	total := 0
 	for _, b := range f.Banks {
 		total += len(b.PCRs)
 	}
-	if len(digests) != total {
+	return total
+}
+
+// fill distributes digests over the banks' PCRs, checking their sizes.
+func (f *PCRFile) fill(digests [][]byte) error {
+	if total := f.pcrCount(); len(digests) != total {
 		return fmt.Errorf("the PCR file selects %d PCRs but holds %d values", total, len(digests))
 	}
 	for i := range f.Banks {
@@ -212,6 +220,9 @@ func MarshalPCRs(banks []Bank) ([]byte, error) {
 			return nil, errors.New("a bank needs one value per PCR, PCRs in ascending order")
 		}
 		digests = append(digests, b.Values...)
+	}
+	if len(digests) == 0 {
+		return nil, errors.New("the banks select no PCR")
 	}
 	lists := (len(digests) + digestsPerList - 1) / digestsPerList
 	le.PutUint32(out[pcrSelectionStructSize:], uint32(lists))

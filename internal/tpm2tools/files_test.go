@@ -122,6 +122,7 @@ func TestParsePCRsRefusals(t *testing.T) {
 		"short digest":      mut(func(b []byte) { b[pcrSelectionStructSize+8] = 20 }),
 		"digest too long":   mut(func(b []byte) { b[pcrSelectionStructSize+8] = 65 }),
 		"PCR count differs": mut(func(b []byte) { b[7] = 0x83 }),
+		"no PCR selected":   mut(func(b []byte) { b[7], b[pcrSelectionStructSize+4] = 0, 0 }), // found by FuzzParsePCRs
 		"too large":         make([]byte, MaxPCRFileSize+1),
 	}
 	for name, b := range cases {
