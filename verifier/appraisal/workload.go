@@ -31,7 +31,15 @@ type WorkloadResult struct {
 // extracts the image. Replay covers the whole PCR: a value extended into
 // PCR 13 that the CEL does not show fails it, and an empty CEL is refused
 // rather than replayed vacuously.
-func verifyWorkload(o *Outcome) error {
+func verifyWorkload(o *Outcome) (err error) {
+	// The CEL libraries index into bytes they do not always check (see
+	// parseCOSRecord); a panic on a malformed log the checks here missed is
+	// a refusal, never a crash of the verifier.
+	defer func() {
+		if p := recover(); p != nil {
+			err = vattest.Errorf(vattest.ReasonCELMalformed, "the canonical event log parser failed on this log (%v)", p)
+		}
+	}()
 	raw := o.AK.Attestation.GetCanonicalEventLog()
 	if len(raw) == 0 {
 		return vattest.Errorf(vattest.ReasonCELMissing, "the evidence has no canonical event log; the agent must measure its image (reference, digest) into PCR %d before attesting", policy.WorkloadPCR)
@@ -68,7 +76,7 @@ func verifyWorkload(o *Outcome) error {
 		if r.Index != policy.WorkloadPCR {
 			return vattest.Errorf(vattest.ReasonCELMalformed, "record %d measures PCR %d; workload records belong in PCR %d", i, r.Index, policy.WorkloadPCR)
 		}
-		tlv, err := coscel.ParseToCOSTLV(r.Content)
+		tlv, err := parseCOSRecord(r)
 		if err != nil {
 			return vattest.Errorf(vattest.ReasonCELMalformed, "record %d is not a COS TLV event: %w", i, err)
 		}
@@ -132,8 +140,20 @@ func checkCELFraming(raw []byte, depth int) error {
 }
 
 func isSeparator(r cel.Record) bool {
-	tlv, err := coscel.ParseToCOSTLV(r.Content)
+	tlv, err := parseCOSRecord(r)
 	return err == nil && tlv.EventType == coscel.LaunchSeparatorType
+}
+
+// parseCOSRecord parses a record's content as a COS TLV event. The content's
+// value is itself a TLV, and coscel (through go-eventlog's
+// TLV.UnmarshalBinary) slices its header without checking that it is there:
+// a value shorter than a TLV header panicked the verifier (found by
+// FuzzWorkloadStepCEL). So the length is checked first.
+func parseCOSRecord(r cel.Record) (coscel.COSTLV, error) {
+	if n := len(r.Content.Value); n < celTLVHeader {
+		return coscel.COSTLV{}, fmt.Errorf("its content is %d bytes, shorter than a TLV header (%d)", n, celTLVHeader)
+	}
+	return coscel.ParseToCOSTLV(r.Content)
 }
 
 func tcgHashAlgo(h crypto.Hash) statepb.HashAlgo {
