@@ -263,10 +263,12 @@ func newSidecar(up *url.URL, r *agentside.Renewer, client *agentside.Client, max
 			pr.Out.Header.Del("Authorization")
 			pr.Out.Header.Del(attest.PoPHeader)
 			pr.Out.Header.Del(ElevateHeader)
+			pr.Out = withInbound(pr.Out, pr.In.Host)
 		},
-		Transport:    elevatingTransport{standing: tr},
-		ErrorHandler: s.proxyError,
-		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ModifyResponse: rewriteLocation(up),
+		Transport:      elevatingTransport{standing: tr},
+		ErrorHandler:   s.proxyError,
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	return s
 }

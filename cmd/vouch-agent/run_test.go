@@ -95,6 +95,10 @@ func startRelyingParty(t *testing.T, verifierURL string) *relyingParty {
 		t.Fatal(err)
 	}
 	rp.Config.Handler = mw(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/redirect" {
+			http.Redirect(w, r, "/docs/moved?from=redirect", http.StatusFound)
+			return
+		}
 		c, _ := attest.ClaimsFromContext(r.Context())
 		body, _ := io.ReadAll(r.Body)
 		s := seen{r.Method, r.URL.Path, r.URL.RawQuery, string(body), c.Subject, r.Header.Get("Authorization")}
@@ -214,6 +218,18 @@ func TestSidecar(t *testing.T) {
 	if got.Method != "GET" || got.Path != "/docs/a" || got.Query != "x=1&y=2" || got.Subject != subject || !strings.HasPrefix(subject, "urn:ietf:params:oauth:ckt:sha-256:") {
 		t.Errorf("the relying party saw %+v (agent %s)", got, subject)
 	}
+	// A redirect of the relying party points back at the sidecar, so that
+	// following it goes with a credential again.
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := noFollow.Get(base + "/redirect")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != base+"/docs/moved?from=redirect" {
+		t.Errorf("redirect through the sidecar: %s, Location %q", resp.Status, resp.Header.Get("Location"))
+	}
+
 	// POST with a body, and headers the application must not inject.
 	resp, b = do(t, "POST", base+"/docs/b", strings.NewReader("hello"), http.Header{
 		"Authorization": {"Bearer stolen"}, "Vouch-Pop": {"forged"}, "Content-Type": {"text/plain"}})
