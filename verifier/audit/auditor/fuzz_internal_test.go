@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"testing"
 
+	fnote "github.com/transparency-dev/formats/note"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -37,7 +38,7 @@ func FuzzParseBundle(f *testing.F) {
 // both the log and the witness.
 func FuzzOpenWitnessed(f *testing.F) {
 	logS, logV := fuzzKeys(f, "log.example", 1)
-	witS, witV := fuzzKeys(f, "witness.example", 2)
+	witS, witV := fuzzCosigKeys(f, "witness.example", 2)
 	body := "log.example\n7\n" + base64.StdEncoding.EncodeToString(make([]byte, 32)) + "\n"
 	signed, err := note.Sign(&note.Note{Text: body}, logS, witS)
 	if err != nil {
@@ -73,6 +74,23 @@ func fuzzKeys(f *testing.F, name string, seed byte) (note.Signer, note.Verifier)
 		f.Fatal(err)
 	}
 	v, err := note.NewVerifier(vkey)
+	if err != nil {
+		f.Fatal(err)
+	}
+	return s, v
+}
+
+// fuzzCosigKeys is fuzzKeys for a witness: cosignature/v1.
+func fuzzCosigKeys(f *testing.F, name string, seed byte) (note.Signer, note.Verifier) {
+	skey, vkey, err := note.GenerateKey(bytes.NewReader(bytes.Repeat([]byte{seed}, 64)), name)
+	if err != nil {
+		f.Fatal(err)
+	}
+	s, err := fnote.NewSignerForCosignatureV1(skey)
+	if err != nil {
+		f.Fatal(err)
+	}
+	v, err := fnote.NewVerifierForCosignatureV1(vkey)
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	flog "github.com/transparency-dev/formats/log"
+	fnote "github.com/transparency-dev/formats/note"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"github.com/transparency-dev/tessera/client"
@@ -28,9 +29,9 @@ func (w *walker) checkWitnessed(ctx context.Context, logKey note.Verifier) {
 	}
 	var wvs []note.Verifier
 	for _, k := range w.opts.WitnessKeys {
-		v, err := note.NewVerifier(k)
+		v, err := fnote.NewVerifierForCosignatureV1(k)
 		if err != nil {
-			w.rep.add(FindWitnessSignature, nil, "witness key %q is not a note verifier key: %v", k, err)
+			w.rep.add(FindWitnessSignature, nil, "witness key %q is not a note verifier key for cosignature/v1 (or Ed25519): %v", k, err)
 			return
 		}
 		wvs = append(wvs, v)

@@ -5,7 +5,9 @@
 // A witness is an auditor that publishes what it saw: each Observe runs the
 // full auditor.Verify (signature, consistency with the last checkpoint it
 // cosigned, every entry, tile and record) and, only when nothing is wrong,
-// adds its own signature to the log's checkpoint. It never cosigns a
+// adds its own signature to the log's checkpoint: a C2SP tlog-cosignature
+// (cosignature/v1, Ed25519 over the checkpoint and the time of signing),
+// the format transparency-log witnesses use. It never cosigns a
 // checkpoint that does not extend the one it cosigned before. Auditors pass
 // the cosigned checkpoints to auditor.Options.Witnessed; a log operator who
 // rewrites history for some auditors would have to fool every witness too.
@@ -25,6 +27,7 @@ import (
 	"sync"
 	"time"
 
+	fnote "github.com/transparency-dev/formats/note"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/vouch-dev/vouch/verifier/audit"
@@ -57,7 +60,7 @@ type Options struct {
 // Witness verifies and cosigns checkpoints. Safe for concurrent use.
 type Witness struct {
 	opts   Options
-	signer note.Signer
+	signer note.Signer   // cosignature/v1 (C2SP tlog-cosignature)
 	self   note.Verifier // the witness's own verifier
 	vkey   string
 	logV   note.Verifier
@@ -69,10 +72,16 @@ type Witness struct {
 	at      time.Time
 }
 
-// GenerateKey returns a new witness signer key and its verifier key, for
-// the witness name (e.g. "witness.example.org").
+// GenerateKey returns a new witness signer key (an Ed25519 note key) and
+// its verifier key for cosignature/v1, for the witness name (e.g.
+// "witness.example.org").
 func GenerateKey(name string) (signer, verifier string, err error) {
-	return note.GenerateKey(rand.Reader, name)
+	skey, vkey, err := note.GenerateKey(rand.Reader, name)
+	if err != nil {
+		return "", "", err
+	}
+	vkey, err = fnote.VKeyToCosignatureV1(vkey)
+	return skey, vkey, err
 }
 
 // New checks opts and loads the checkpoint cosigned before, if any.
@@ -80,15 +89,18 @@ func New(opts Options) (*Witness, error) {
 	if opts.Source == nil || opts.LogKey == "" || opts.SignerKey == "" || opts.StatePath == "" {
 		return nil, errors.New("witness: Source, LogKey, SignerKey and StatePath are required")
 	}
-	signer, err := note.NewSigner(opts.SignerKey)
+	signer, err := fnote.NewSignerForCosignatureV1(opts.SignerKey)
 	if err != nil {
 		return nil, fmt.Errorf("witness: signer key: %w", err)
 	}
 	vkey, err := audit.VerifierKeyOf(opts.SignerKey)
+	if err == nil {
+		vkey, err = fnote.VKeyToCosignatureV1(vkey)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("witness: signer key: %w", err)
 	}
-	self, err := note.NewVerifier(vkey)
+	self, err := fnote.NewVerifierForCosignatureV1(vkey)
 	if err != nil {
 		return nil, fmt.Errorf("witness: signer key: %w", err)
 	}
@@ -122,7 +134,8 @@ func New(opts Options) (*Witness, error) {
 // Name is the witness's key name.
 func (w *Witness) Name() string { return w.signer.Name() }
 
-// VerifierKey is the witness's public key, for auditors (WitnessKeys).
+// VerifierKey is the witness's public key for cosignature/v1, for auditors
+// (WitnessKeys).
 func (w *Witness) VerifierKey() string { return w.vkey }
 
 func (w *Witness) cosignedPath() string { return w.opts.StatePath + ".cosigned" }

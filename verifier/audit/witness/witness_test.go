@@ -1,32 +1,52 @@
 package witness
 
 import (
+	"crypto/rand"
 	"strings"
 	"testing"
+
+	fnote "github.com/transparency-dev/formats/note"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/vouch-dev/vouch/verifier/audit"
 	"github.com/vouch-dev/vouch/verifier/audit/auditor"
 )
 
-func TestVerifierKeyOf(t *testing.T) {
+// GenerateKey gives an Ed25519 note signer key and the cosignature/v1
+// verifier key of the same key pair, and what the signer (as the witness
+// uses it) signs verifies with that key.
+func TestGenerateKey(t *testing.T) {
 	skey, vkey, err := GenerateKey("witness.example")
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := audit.VerifierKeyOf(skey)
-	if err != nil || got != vkey {
-		t.Fatalf("audit.VerifierKeyOf = %q, %v; want %q", got, err, vkey)
+	plain, err := audit.VerifierKeyOf(skey)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, bad := range []string{"", vkey, "PRIVATE+KEY+x+00000000+AAAA", strings.TrimSuffix(skey, skey[len(skey)-4:]) + "!!!!"} {
-		if _, err := audit.VerifierKeyOf(bad); err == nil {
-			t.Errorf("audit.VerifierKeyOf(%q) accepted", bad)
-		}
+	if want, err := fnote.VKeyToCosignatureV1(plain); err != nil || vkey != want {
+		t.Fatalf("verifier key %q, want the cosignature/v1 form %q of %q (%v)", vkey, want, plain, err)
+	}
+	signer, err := fnote.NewSignerForCosignatureV1(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := note.Sign(&note.Note{Text: "log.example\n1\n" + strings.Repeat("A", 43) + "=\n"}, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := fnote.NewVerifierForCosignatureV1(vkey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := note.Open(msg, note.VerifierList(v)); err != nil {
+		t.Fatalf("a cosignature does not verify with the generated key: %v", err)
 	}
 }
 
 func TestNewOptions(t *testing.T) {
 	skey, _, _ := GenerateKey("witness.example")
-	_, logVkey, _ := GenerateKey("log.example")
+	_, logVkey, _ := note.GenerateKey(rand.Reader, "log.example")
 	sameName, _, _ := GenerateKey("log.example")
 	src, err := auditor.OpenSource("http://127.0.0.1:1", nil) // never read: New fails first
 	if err != nil {
