@@ -140,6 +140,7 @@ type Renewer struct {
 	cur       atomic.Pointer[held]
 	ready     chan struct{}
 	readyOnce sync.Once
+	nudge     chan struct{} // RenewNow wakes the wait between attempts
 
 	mu sync.Mutex
 	st RenewStatus // guarded by mu; Ready is computed on read
@@ -197,7 +198,7 @@ func NewRenewer(opts RenewerOptions) (*Renewer, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Renewer{opts: opts, log: log, cnf: cnf, ready: make(chan struct{})}
+	r := &Renewer{opts: opts, log: log, cnf: cnf, ready: make(chan struct{}), nudge: make(chan struct{}, 1)}
 	r.attest = func(ctx context.Context) (*Issued, error) {
 		return opts.Agent.AttestIssued(ctx, opts.Client, opts.Request)
 	}
@@ -256,10 +257,46 @@ func (r *Renewer) Run(ctx context.Context) error {
 			failures++
 			r.logFailure(err, wait)
 		}
-		if err := r.opts.Sleep(ctx, wait); err != nil {
+		if err := r.wait(ctx, wait); err != nil {
 			return err
 		}
 	}
+}
+
+// RenewNow asks for an attestation now instead of at the planned time: a
+// relying party refused the current credential as revoked (the monitor
+// revokes a credential that was used without its key, say), so waiting
+// for the planned renewal would leave the agent refused until then. It
+// never blocks; asks within MinBackoff of the last attempt are ignored, so
+// a relying party that keeps refusing cannot make the agent flood the
+// verifier.
+func (r *Renewer) RenewNow() {
+	r.mu.Lock()
+	last := r.st.LastAttempt
+	r.mu.Unlock()
+	if !last.IsZero() && r.opts.Now().Sub(last) < r.opts.MinBackoff {
+		return
+	}
+	select {
+	case r.nudge <- struct{}{}:
+	default:
+	}
+}
+
+// wait sleeps d, or until RenewNow is called, or until ctx is done (its
+// error is then returned).
+func (r *Renewer) wait(ctx context.Context, d time.Duration) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-r.nudge:
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	_ = r.opts.Sleep(wctx, d)
+	return ctx.Err()
 }
 
 // backoff is the wait after the given number of earlier consecutive

@@ -301,3 +301,49 @@ func TestMain(m *testing.M) {
 	cliconf.RouteLibraryLogs(slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	os.Exit(m.Run())
 }
+
+// TestRenewerRenewNow: a relying party refuses the credential as revoked;
+// RenewNow cuts the planned wait short and a fresh credential is obtained
+// at once. Asks right after an attempt are ignored.
+func TestRenewerRenewNow(t *testing.T) {
+	_, agent := bootedAgent(t, "rhel8-uefi.bin", allowedImage)
+	clk := &testClock{t: time.Now()}
+	hs := startVerifier(t, clk, agent)
+	client, err := NewClient(hs.URL, hs.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ss := &steppedSleep{asked: make(chan time.Duration), release: make(chan struct{})}
+	r, err := NewRenewer(RenewerOptions{
+		Agent: agent, Client: client, Request: &attest.Request{Audience: "https://docs.example"},
+		Now: clk.Now, Sleep: ss.Sleep, Jitter: func(time.Duration) time.Duration { return 0 },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	if d := ss.next(t); d < 39*time.Second {
+		t.Fatalf("first renewal planned in %v", d)
+	}
+	first := r.Credential()
+
+	r.RenewNow() // within MinBackoff of the first attempt: ignored
+	select {
+	case d := <-ss.asked:
+		t.Fatalf("a RenewNow right after an attempt cut the wait short (asked to sleep %v)", d)
+	case <-time.After(50 * time.Millisecond):
+	}
+
+	clk.Advance(5 * time.Second) // the relying party refuses it as revoked 5 s later
+	r.RenewNow()
+	ss.next(t) // renewed without the planned 40 s having passed
+	if second := r.Credential(); second == nil || bytes.Equal(first, second) || r.Status().Successes != 2 {
+		t.Fatalf("RenewNow did not renew: status %+v", r.Status())
+	}
+}

@@ -1,10 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
+
+	"github.com/vouch-dev/vouch/attest"
 )
 
 // inboundKey carries the Host the local client addressed the sidecar by, from
@@ -46,12 +51,15 @@ func localLocation(loc string, out *http.Request, up *url.URL) string {
 	return local.String()
 }
 
-// rewriteLocation is the proxy's ModifyResponse.
-func rewriteLocation(up *url.URL) func(*http.Response) error {
+// modifyResponse is the proxy's ModifyResponse: redirects of the relying
+// party point back at the sidecar, and a refusal of the credential as
+// revoked triggers a renewal.
+func modifyResponse(up *url.URL, renewNow func()) func(*http.Response) error {
 	return func(resp *http.Response) error {
 		if l := localLocation(resp.Header.Get("Location"), resp.Request, up); l != "" {
 			resp.Header.Set("Location", l)
 		}
+		renewOnRevoked(resp, renewNow)
 		return nil
 	}
 }
@@ -59,4 +67,32 @@ func rewriteLocation(up *url.URL) func(*http.Response) error {
 // withInbound records the inbound Host on the outbound request.
 func withInbound(out *http.Request, host string) *http.Request {
 	return out.WithContext(context.WithValue(out.Context(), inboundKey{}, host))
+}
+
+// maxProblemPeek bounds the refusal body the sidecar reads to learn its
+// reason; the body is passed on to the client either way.
+const maxProblemPeek = 64 << 10
+
+// renewOnRevoked asks for a fresh credential at once when the relying party
+// refuses the current one as revoked or expired (401 with that reason),
+// rather than leaving the agent refused until the planned renewal.
+func renewOnRevoked(resp *http.Response, renewNow func()) {
+	if resp.StatusCode != http.StatusUnauthorized || !strings.HasPrefix(resp.Header.Get("Content-Type"), attest.ProblemMediaType) {
+		return
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxProblemPeek))
+	resp.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(b), resp.Body), resp.Body}
+	if err != nil {
+		return
+	}
+	var p attest.Problem
+	if json.Unmarshal(b, &p) != nil {
+		return
+	}
+	if p.Reason == attest.ReasonCredentialRevoked || p.Reason == attest.ReasonCredentialExpired {
+		renewNow()
+	}
 }

@@ -265,7 +265,7 @@ func newSidecar(up *url.URL, r *agentside.Renewer, client *agentside.Client, max
 			pr.Out.Header.Del(ElevateHeader)
 			pr.Out = withInbound(pr.Out, pr.In.Host)
 		},
-		ModifyResponse: rewriteLocation(up),
+		ModifyResponse: modifyResponse(up, r.RenewNow),
 		Transport:      elevatingTransport{standing: tr},
 		ErrorHandler:   s.proxyError,
 		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelWarn),
