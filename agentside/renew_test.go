@@ -183,11 +183,11 @@ func (s *steppedSleep) next(t *testing.T) time.Duration {
 	}
 }
 
-// TestRenewerRenewsAndFailsClosed: a real verifier (60 s credentials) and a
-// test clock. The Renewer renews at 2/3 of the lifetime with the same agent
-// key; when the verifier goes away it backs off, keeps the old credential
-// while it is valid, and returns nil once it expired.
-func TestRenewerRenewsAndFailsClosed(t *testing.T) {
+// runRenewer runs a Renewer for a booted agent against a real verifier (60 s
+// credentials) on a test clock, with a stepped sleep and no jitter, until
+// the test ends.
+func runRenewer(t *testing.T) (*Renewer, *steppedSleep, *testClock, *httptest.Server) {
+	t.Helper()
 	_, agent := bootedAgent(t, "rhel8-uefi.bin", allowedImage)
 	clk := &testClock{t: time.Now()}
 	hs := startVerifier(t, clk, agent)
@@ -206,10 +206,19 @@ func TestRenewerRenewsAndFailsClosed(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
 		<-done
-	}()
+	})
+	return r, ss, clk, hs
+}
+
+// TestRenewerRenewsAndFailsClosed: a real verifier (60 s credentials) and a
+// test clock. The Renewer renews at 2/3 of the lifetime with the same agent
+// key; when the verifier goes away it backs off, keeps the old credential
+// while it is valid, and returns nil once it expired.
+func TestRenewerRenewsAndFailsClosed(t *testing.T) {
+	r, ss, clk, hs := runRenewer(t)
 
 	d := ss.next(t) // first credential issued
 	select {
@@ -306,28 +315,7 @@ func TestMain(m *testing.M) {
 // RenewNow cuts the planned wait short and a fresh credential is obtained
 // at once. Asks right after an attempt are ignored.
 func TestRenewerRenewNow(t *testing.T) {
-	_, agent := bootedAgent(t, "rhel8-uefi.bin", allowedImage)
-	clk := &testClock{t: time.Now()}
-	hs := startVerifier(t, clk, agent)
-	client, err := NewClient(hs.URL, hs.Client())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ss := &steppedSleep{asked: make(chan time.Duration), release: make(chan struct{})}
-	r, err := NewRenewer(RenewerOptions{
-		Agent: agent, Client: client, Request: &attest.Request{Audience: "https://docs.example"},
-		Now: clk.Now, Sleep: ss.Sleep, Jitter: func(time.Duration) time.Duration { return 0 },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	r, ss, clk, _ := runRenewer(t)
 	if d := ss.next(t); d < 39*time.Second {
 		t.Fatalf("first renewal planned in %v", d)
 	}
