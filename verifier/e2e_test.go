@@ -90,20 +90,7 @@ func newEnv(t testing.TB, img agentside.Workload, enroll bool, mods ...func(*ver
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tpm.Close() })
-	log, err := os.ReadFile(bootLog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tpm.Boot(log); err != nil {
-		t.Fatal(err)
-	}
-	if err := tpm.MeasureWorkload(img); err != nil {
-		t.Fatal(err)
-	}
-	agent, err := agentside.NewAgent(tpm)
-	if err != nil {
-		t.Fatal(err)
-	}
+	agent := bootAndMeasure(t, tpm, img)
 	t.Cleanup(func() { agent.Close() })
 	e := &env{srv: srv, http: hs, client: cl, clock: clk, tpm: tpm, agent: agent}
 	if enroll {
@@ -490,3 +477,24 @@ func TestKeysPersistAcrossRestart(t *testing.T) {
 }
 
 func errorsAs(err error, target any) bool { return errors.As(err, target) }
+
+// bootAndMeasure boots tpm from the RHEL 8 firmware log, measures img into
+// PCR 13 and creates the agent.
+func bootAndMeasure(t testing.TB, tpm *agentside.TPM, img agentside.Workload) *agentside.Agent {
+	t.Helper()
+	log, err := os.ReadFile(bootLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tpm.Boot(log); err != nil {
+		t.Fatal(err)
+	}
+	if err := tpm.MeasureWorkload(img); err != nil {
+		t.Fatal(err)
+	}
+	agent, err := agentside.NewAgent(tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return agent
+}

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -48,21 +47,7 @@ func (m *swtpmMachine) boot(ctx context.Context, img agentside.Workload) (*agent
 	if err != nil {
 		t.Fatal(err)
 	}
-	log, err := os.ReadFile(bootLog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tpm.Boot(log); err != nil {
-		t.Fatal(err)
-	}
-	if err := tpm.MeasureWorkload(img); err != nil {
-		t.Fatal(err)
-	}
-	agent, err := agentside.NewAgent(tpm)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tpm, agent
+	return tpm, bootAndMeasure(t, tpm, img)
 }
 
 func (m *swtpmMachine) stop() {
@@ -271,17 +256,7 @@ func TestMisbehavingAgentScenario(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tpmA.Close() })
-	logBytes, _ := os.ReadFile(bootLog)
-	if err := tpmA.Boot(logBytes); err != nil {
-		t.Fatal(err)
-	}
-	if err := tpmA.MeasureWorkload(demoImage); err != nil {
-		t.Fatal(err)
-	}
-	good, err := agentside.NewAgent(tpmA)
-	if err != nil {
-		t.Fatal(err)
-	}
+	good := bootAndMeasure(t, tpmA, demoImage)
 	t.Cleanup(func() { good.Close() })
 	enroll(good)
 	goodCred, err := good.AttestIssued(ctx, client, goodReq)
